@@ -1,0 +1,36 @@
+//! Renders the Envoy bootstrap metrics-gate runs with: one Envoy per node, one listener per
+//! loopback component, the `metrics-gate` wasm filter in front of each, and the apiserver callout
+//! path (internal listener + credential injector) the filter's TokenReview/SubjectAccessReview go
+//! through. The demo, the tests and the shipped examples all render through here.
+//!
+//! [`model`] is the typed input (what runs); [`render`] turns it into Envoy's proto3 JSON (how
+//! Envoy says it). Only `render.rs` knows Envoy's field names.
+
+pub mod model;
+mod render;
+pub mod testing;
+
+pub use model::{
+    Apiserver, Component, InvalidStack, Preset, Stack, UpstreamCredentials, UpstreamTls,
+};
+pub use render::{render, sds_resource};
+
+/// The cluster the filter must name in `dispatch_http_call` for its apiserver callouts.
+pub const CALLOUT_CLUSTER: &str = "apiserver-with-credentials";
+/// The internal listener behind [`CALLOUT_CLUSTER`] that injects the proxy's token.
+pub const CREDENTIALS_LISTENER: &str = "apiserver-credentials";
+/// The cluster of the real kube-apiserver.
+pub const APISERVER_CLUSTER: &str = "kube-apiserver";
+/// The SDS secret holding the proxy's ServiceAccount token.
+pub const SECRET_NAME: &str = "serviceaccount-token";
+/// File name of the SDS resource inside `Stack::credentials_dir`; write it with [`sds_resource`].
+pub const SDS_FILE: &str = "sds.yaml";
+/// Plugin name, root_id and vm_id of the filter (the vm_id also scopes its shared data).
+pub const PLUGIN_NAME: &str = "metrics-gate";
+/// Envoy's node id and cluster (file-based SDS requires both).
+pub const NODE_NAME: &str = "metrics-gate";
+/// The wasm runtime compiled into the stock Envoy.
+pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
+
+#[cfg(test)]
+mod tests;

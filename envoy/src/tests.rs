@@ -1,0 +1,380 @@
+//! Native unit tests of the rendered shape. That Envoy accepts the result is checked against the
+//! real binary in `tests/envoy_validate.rs`.
+
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::*;
+
+fn stack(components: Vec<Component>) -> Stack {
+    Stack {
+        node_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        admin: "127.0.0.1:9901".parse().unwrap(),
+        wasm_path: "/opt/metrics-gate/metrics_gate.wasm".into(),
+        apiserver: Apiserver::in_cluster(),
+        credentials_dir: "/var/run/metrics-gate/credentials".into(),
+        components,
+    }
+}
+
+fn all_presets() -> Stack {
+    stack(
+        Preset::ALL
+            .iter()
+            .map(|p| Component::preset(*p, json!({"component": p.name()})))
+            .collect(),
+    )
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list:#}"))
+}
+
+fn hcm(listener: &Value) -> &Value {
+    &listener["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+fn filter_names(listener: &Value) -> Vec<&str> {
+    hcm(listener)["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn presets_have_standard_ports_and_schemes() {
+    let c = |p| Component::preset(p, json!({}));
+    let kp = c(Preset::KubeProxy);
+    assert_eq!((kp.name.as_str(), kp.listen_port), ("kube-proxy", 10249));
+    assert_eq!(
+        kp.upstream,
+        "127.0.0.1:10249".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(kp.upstream_tls, UpstreamTls::Plain);
+    assert_eq!(kp.upstream_credentials, UpstreamCredentials::None);
+
+    let kcm = c(Preset::KubeControllerManager);
+    assert_eq!(
+        kcm.upstream,
+        "127.0.0.1:10257".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(kcm.upstream_tls, UpstreamTls::TlsNoVerify);
+    assert_eq!(kcm.upstream_credentials, UpstreamCredentials::Proxy);
+
+    let ks = c(Preset::KubeScheduler);
+    assert_eq!((ks.listen_port, ks.upstream.port()), (10259, 10259));
+    assert_eq!(ks.upstream_tls, UpstreamTls::TlsNoVerify);
+    assert_eq!(ks.upstream_credentials, UpstreamCredentials::Proxy);
+
+    let etcd = c(Preset::Etcd);
+    assert_eq!((etcd.name.as_str(), etcd.upstream.port()), ("etcd", 2381));
+    assert_eq!(etcd.upstream_tls, UpstreamTls::Plain);
+    assert_eq!(etcd.upstream_credentials, UpstreamCredentials::None);
+
+    for p in Preset::ALL {
+        assert_eq!(Preset::from_name(p.name()), Some(p));
+    }
+}
+
+#[test]
+fn bootstrap_skeleton() {
+    let b = render(&all_presets());
+    assert_eq!(
+        b["node"],
+        json!({"id": "metrics-gate", "cluster": "metrics-gate"})
+    );
+    assert_eq!(
+        b["bootstrap_extensions"][0]["name"],
+        "envoy.bootstrap.internal_listener"
+    );
+    assert_eq!(
+        b["admin"]["address"]["socket_address"],
+        json!({"address": "127.0.0.1", "port_value": 9901})
+    );
+    let listeners = &b["static_resources"]["listeners"];
+    let clusters = &b["static_resources"]["clusters"];
+    // 1 internal listener + 4 components; 2 apiserver clusters + 4 components.
+    assert_eq!(listeners.as_array().unwrap().len(), 5);
+    assert_eq!(clusters.as_array().unwrap().len(), 6);
+    for p in Preset::ALL {
+        named(listeners, p.name());
+        named(clusters, p.name());
+    }
+    // No environment substitution, no overload manager: nothing Envoy would not read literally.
+    let text = b.to_string();
+    assert!(!text.contains("${"), "{text}");
+    assert!(b.get("overload_manager").is_none());
+}
+
+#[test]
+fn callout_path_matches_the_reference_pattern() {
+    let b = render(&all_presets());
+    let listeners = &b["static_resources"]["listeners"];
+    let clusters = &b["static_resources"]["clusters"];
+
+    let internal = named(listeners, CREDENTIALS_LISTENER);
+    assert_eq!(internal["internal_listener"], json!({}));
+    assert!(internal.get("address").is_none());
+    assert_eq!(
+        filter_names(internal),
+        [
+            "envoy.filters.http.credential_injector",
+            "envoy.filters.http.router"
+        ]
+    );
+    let routes = &hcm(internal)["route_config"]["virtual_hosts"][0]["routes"];
+    let paths: Vec<&str> = routes.as_array().unwrap().iter().map(|r| r["match"]["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["/apis/authentication.k8s.io/v1/tokenreviews", "/apis/authorization.k8s.io/v1/subjectaccessreviews"]
+    );
+    let route = &routes[0];
+    assert_eq!(route["match"]["headers"][0]["string_match"]["exact"], "POST");
+    assert_eq!(
+        route["route"],
+        json!({"cluster": "kube-apiserver", "timeout": "5.000s"})
+    );
+
+    let injector = &hcm(internal)["http_filters"][0]["typed_config"];
+    assert_eq!(injector["overwrite"], true);
+    let generic = &injector["credential"]["typed_config"];
+    assert_eq!(generic["header"], "Authorization");
+    assert_eq!(generic["header_value_prefix"], "Bearer ");
+    assert_eq!(
+        generic["credential"],
+        json!({"name": "serviceaccount-token", "sds_config": {"path_config_source": {
+            "path": "/var/run/metrics-gate/credentials/sds.yaml",
+            "watched_directory": {"path": "/var/run/metrics-gate/credentials"}}}})
+    );
+
+    let callout = named(clusters, CALLOUT_CLUSTER);
+    assert_eq!(
+        callout["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"],
+        json!({"envoy_internal_address": {"server_listener_name": "apiserver-credentials"}})
+    );
+
+    let api = named(clusters, APISERVER_CLUSTER);
+    assert_eq!(api["type"], "STRICT_DNS");
+    assert_eq!(
+        api["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        json!({"address": "kubernetes.default.svc", "port_value": 443})
+    );
+    let tls = &api["transport_socket"]["typed_config"];
+    assert_eq!(tls["sni"], "kubernetes.default.svc");
+    assert_eq!(
+        tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    );
+}
+
+#[test]
+fn apiserver_by_ip_needs_no_resolver() {
+    let mut s = all_presets();
+    s.apiserver.address = "127.0.0.1".into();
+    s.apiserver.port = 6443;
+    s.apiserver.timeout_ms = 1500;
+    let b = render(&s);
+    assert_eq!(
+        named(&b["static_resources"]["clusters"], APISERVER_CLUSTER)["type"],
+        "STATIC"
+    );
+    let internal = named(&b["static_resources"]["listeners"], CREDENTIALS_LISTENER);
+    assert_eq!(
+        hcm(internal)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
+        "1.500s"
+    );
+}
+
+#[test]
+fn component_listener_normalises_and_gates() {
+    let b = render(&all_presets());
+    let l = named(&b["static_resources"]["listeners"], "kube-scheduler");
+    assert_eq!(
+        l["address"]["socket_address"],
+        json!({"address": "127.0.0.2", "port_value": 10259})
+    );
+    let h = hcm(l);
+    assert_eq!(h["stat_prefix"], "kube-scheduler");
+    assert_eq!(h["codec_type"], "AUTO");
+    assert_eq!(h["normalize_path"], true);
+    assert_eq!(h["merge_slashes"], false);
+    assert_eq!(h["path_with_escaped_slashes_action"], "KEEP_UNCHANGED");
+    let route = &h["route_config"]["virtual_hosts"][0]["routes"][0];
+    assert_eq!(route["match"], json!({"prefix": "/"}));
+    assert_eq!(route["route"]["cluster"], "kube-scheduler");
+    assert!(route["route"]["timeout"].is_string());
+
+    let wasm = &h["http_filters"][0]["typed_config"]["config"];
+    assert_eq!(wasm["name"], "metrics-gate");
+    assert_eq!(wasm["root_id"], "metrics-gate");
+    assert_eq!(wasm["failure_policy"], "FAIL_RELOAD");
+    assert_eq!(wasm["vm_config"]["vm_id"], "metrics-gate");
+    assert_eq!(wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
+    assert_eq!(
+        wasm["vm_config"]["code"]["local"]["filename"],
+        "/opt/metrics-gate/metrics_gate.wasm"
+    );
+    assert_eq!(
+        wasm["configuration"]["@type"],
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    let passed: Value =
+        serde_json::from_str(wasm["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(passed, json!({"component": "kube-scheduler"}));
+}
+
+#[test]
+fn proxy_credentials_are_injected_after_the_filter() {
+    let b = render(&all_presets());
+    let listeners = &b["static_resources"]["listeners"];
+    for name in ["kube-controller-manager", "kube-scheduler"] {
+        let l = named(listeners, name);
+        assert_eq!(
+            filter_names(l),
+            [
+                "envoy.filters.http.wasm",
+                "envoy.filters.http.credential_injector",
+                "envoy.filters.http.router"
+            ]
+        );
+        // The router must not strip what the injector just added.
+        assert!(hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0]
+            .get("request_headers_to_remove")
+            .is_none());
+        // Same SDS source as the callout path: one subscription, one token.
+        let internal = named(listeners, CREDENTIALS_LISTENER);
+        assert_eq!(hcm(l)["http_filters"][1], hcm(internal)["http_filters"][0]);
+    }
+    for name in ["kube-proxy", "etcd"] {
+        let l = named(listeners, name);
+        assert_eq!(
+            filter_names(l),
+            ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+        );
+        let route = &hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0];
+        assert_eq!(
+            route["request_headers_to_remove"],
+            json!(["authorization", "proxy-authorization"])
+        );
+    }
+}
+
+#[test]
+fn upstream_tls_variants() {
+    let b = render(&all_presets());
+    let clusters = &b["static_resources"]["clusters"];
+    let ks = named(clusters, "kube-scheduler");
+    assert_eq!(ks["type"], "STATIC");
+    assert_eq!(
+        ks["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        json!({"address": "127.0.0.1", "port_value": 10259})
+    );
+    assert_eq!(
+        ks["transport_socket"],
+        json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}})
+    );
+    assert!(named(clusters, "etcd").get("transport_socket").is_none());
+
+    let mut c = Component::preset(Preset::Etcd, json!({}));
+    c.upstream_tls = UpstreamTls::TlsVerify {
+        ca_file: "/etc/etcd/ca.crt".into(),
+        sni: "etcd.local".into(),
+    };
+    let b = render(&stack(vec![c]));
+    let tls =
+        &named(&b["static_resources"]["clusters"], "etcd")["transport_socket"]["typed_config"];
+    assert_eq!(tls["sni"], "etcd.local");
+    let v = &tls["common_tls_context"]["validation_context"];
+    assert_eq!(v["trusted_ca"]["filename"], "/etc/etcd/ca.crt");
+    assert_eq!(
+        v["match_typed_subject_alt_names"][0],
+        json!({"san_type": "DNS", "matcher": {"exact": "etcd.local"}})
+    );
+}
+
+#[test]
+fn sds_resource_names_the_token_file() {
+    let text = sds_resource("/var/run/secrets/tokens/metrics-gate");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v,
+        json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "serviceaccount-token",
+            "generic_secret": {"secret": {"filename": "/var/run/secrets/tokens/metrics-gate"}}}]})
+    );
+}
+
+#[test]
+fn credentials_dir_trailing_slash() {
+    let mut s = all_presets();
+    s.credentials_dir = "/creds/".into();
+    let b = render(&s);
+    let internal = named(&b["static_resources"]["listeners"], CREDENTIALS_LISTENER);
+    let src = &hcm(internal)["http_filters"][0]["typed_config"]["credential"]["typed_config"]
+        ["credential"]["sds_config"]["path_config_source"];
+    assert_eq!(src["path"], "/creds/sds.yaml");
+    assert_eq!(src["watched_directory"]["path"], "/creds");
+}
+
+#[test]
+fn ipv6_node_ip() {
+    let mut s = all_presets();
+    s.node_ip = "fd00::2".parse().unwrap();
+    let b = render(&s);
+    let l = named(&b["static_resources"]["listeners"], "etcd");
+    assert_eq!(l["address"]["socket_address"]["address"], "fd00::2");
+}
+
+#[test]
+fn check_rejects_collisions() {
+    assert_eq!(all_presets().check(), Ok(()));
+
+    let dup = stack(vec![
+        Component::preset(Preset::Etcd, json!({})),
+        Component::preset(Preset::Etcd, json!({})),
+    ]);
+    assert!(dup.check().is_err());
+
+    let mut same_port = Component::preset(Preset::KubeProxy, json!({}));
+    same_port.listen_port = 2381;
+    assert!(
+        stack(vec![Component::preset(Preset::Etcd, json!({})), same_port])
+            .check()
+            .is_err()
+    );
+
+    let mut reserved = Component::preset(Preset::Etcd, json!({}));
+    reserved.name = APISERVER_CLUSTER.into();
+    assert!(stack(vec![reserved]).check().is_err());
+
+    let mut bad = Component::preset(Preset::Etcd, json!({}));
+    bad.name = "etcd metrics".into();
+    assert!(stack(vec![bad]).check().is_err());
+
+    // Port 0 twice is fine: the kernel picks two ports.
+    let mut a = Component::preset(Preset::Etcd, json!({}));
+    let mut b = Component::preset(Preset::KubeProxy, json!({}));
+    a.listen_port = 0;
+    b.listen_port = 0;
+    assert_eq!(stack(vec![a, b]).check(), Ok(()));
+}
+
+#[test]
+fn stub_wasm_differs_only_in_on_configure() {
+    use crate::testing::{PASS_THROUGH_WASM, REJECTING_WASM};
+    assert_eq!(&PASS_THROUGH_WASM[..4], b"\0asm");
+    let diff: Vec<usize> = (0..PASS_THROUGH_WASM.len())
+        .filter(|&i| PASS_THROUGH_WASM[i] != REJECTING_WASM[i])
+        .collect();
+    assert_eq!(diff.len(), 1);
+}

@@ -1,0 +1,386 @@
+//! The plugin configuration: the JSON an operator writes into the Envoy filter's `configuration`.
+//!
+//! Parsing is strict on purpose: an unknown field is far more often a typo (`allowed_path`) that would
+//! silently fall back to a default than a forward-compatible extension, and a proxy that guards
+//! metrics must not guess. Every problem is reported as `<field>: <problem>` so that the single log
+//! line Envoy prints when it refuses the configuration tells the operator what to fix.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// What the filter needs at request time, validated once in `on_configure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Envoy cluster the TokenReview/SubjectAccessReview callouts go to. It must inject the proxy's
+    /// own credential (the filter never sees it): see the README, "The proxy's own credential".
+    pub apiserver_cluster: String,
+    /// `:authority` of the callouts (the apiserver's TLS name is set on the cluster, not here).
+    pub apiserver_authority: String,
+    pub apiserver_timeout_ms: u64,
+    /// Exact paths (no query) that may be proxied at all.
+    pub allowed_paths: Vec<String>,
+    /// TokenReview `spec.audiences`; empty means the apiserver's own audiences.
+    pub audiences: Vec<String>,
+    /// `None`: non-resource `get <path>`, as kube-rbac-proxy and the components themselves check.
+    pub resource_attributes: Option<ResourceAttributes>,
+    pub identity_headers: Option<IdentityHeaders>,
+    pub retry_after_seconds: u32,
+    pub max_token_bytes: usize,
+}
+
+/// SubjectAccessReview `resourceAttributes` (the verb comes from the request method).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceAttributes {
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub api_group: String,
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub resource: String,
+    #[serde(default)]
+    pub subresource: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Headers that tell the upstream who was let in (kube-rbac-proxy's `--auth-header-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub user: String,
+    pub groups: String,
+    pub groups_separator: String,
+}
+
+pub const DEFAULT_APISERVER_CLUSTER: &str = "apiserver-with-credentials";
+pub const DEFAULT_APISERVER_AUTHORITY: &str = "kubernetes.default.svc";
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 5;
+/// Projected ServiceAccount tokens are about 1 KB; 8 KiB leaves room for large OIDC tokens while
+/// keeping a flood of giant headers from reaching the apiserver.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// A configuration problem, with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid plugin configuration: {}: {}", self.field, self.problem)
+    }
+}
+
+fn problem(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), problem: problem.into() }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    apiserver: RawApiserver,
+    allowed_paths: Option<Vec<String>>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    authorization: RawAuthorization,
+    #[serde(default)]
+    identity_headers: RawIdentityHeaders,
+    retry_after_seconds: Option<u32>,
+    max_token_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApiserver {
+    cluster: Option<String>,
+    authority: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorization {
+    resource_attributes: Option<ResourceAttributes>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityHeaders {
+    #[serde(default)]
+    enabled: bool,
+    user: Option<String>,
+    groups: Option<String>,
+    groups_separator: Option<String>,
+}
+
+impl Config {
+    /// Parses and checks the plugin configuration. Empty input means "all defaults".
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if json.iter().all(u8::is_ascii_whitespace) {
+            RawConfig::default()
+        } else {
+            serde_json::from_slice(json).map_err(|e| problem("configuration", e.to_string()))?
+        };
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let apiserver_cluster =
+            self.apiserver.cluster.unwrap_or_else(|| DEFAULT_APISERVER_CLUSTER.to_owned());
+        check_name("apiserver.cluster", &apiserver_cluster)?;
+        let apiserver_authority =
+            self.apiserver.authority.unwrap_or_else(|| DEFAULT_APISERVER_AUTHORITY.to_owned());
+        check_name("apiserver.authority", &apiserver_authority)?;
+        let apiserver_timeout_ms = self.apiserver.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(100..=60_000).contains(&apiserver_timeout_ms) {
+            return Err(problem(
+                "apiserver.timeout_ms",
+                format!("must be between 100 and 60000 (got {apiserver_timeout_ms})"),
+            ));
+        }
+
+        let allowed_paths = self.allowed_paths.unwrap_or_else(|| vec!["/metrics".to_owned()]);
+        if allowed_paths.is_empty() {
+            return Err(problem("allowed_paths", "must list at least one path, e.g. [\"/metrics\"]"));
+        }
+        for (i, path) in allowed_paths.iter().enumerate() {
+            check_path(&format!("allowed_paths[{i}]"), path)?;
+            if allowed_paths.iter().take(i).any(|p| p == path) {
+                return Err(problem(format!("allowed_paths[{i}]"), format!("{path:?} is listed twice")));
+            }
+        }
+
+        for (i, audience) in self.audiences.iter().enumerate() {
+            if audience.trim().is_empty() || audience.len() > 512 {
+                return Err(problem(format!("audiences[{i}]"), "must be a non-empty string of at most 512 bytes"));
+            }
+        }
+
+        let resource_attributes = match self.authorization.resource_attributes {
+            Some(attrs) => {
+                check_resource_attributes(&attrs)?;
+                Some(attrs)
+            }
+            None => None,
+        };
+
+        let identity_headers = self.identity_headers.validate()?;
+
+        let retry_after_seconds = self.retry_after_seconds.unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
+        if !(1..=3600).contains(&retry_after_seconds) {
+            return Err(problem(
+                "retry_after_seconds",
+                format!("must be between 1 and 3600 (got {retry_after_seconds})"),
+            ));
+        }
+        let max_token_bytes = self.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        if !(64..=65_536).contains(&max_token_bytes) {
+            return Err(problem(
+                "max_token_bytes",
+                format!("must be between 64 and 65536 (got {max_token_bytes})"),
+            ));
+        }
+
+        Ok(Config {
+            apiserver_cluster,
+            apiserver_authority,
+            apiserver_timeout_ms,
+            allowed_paths,
+            audiences: self.audiences,
+            resource_attributes,
+            identity_headers,
+            retry_after_seconds,
+            max_token_bytes,
+        })
+    }
+}
+
+impl RawIdentityHeaders {
+    fn validate(self) -> Result<Option<IdentityHeaders>, ConfigError> {
+        if !self.enabled {
+            if self.user.is_some() || self.groups.is_some() || self.groups_separator.is_some() {
+                return Err(problem("identity_headers", "header names are set but \"enabled\" is not true"));
+            }
+            return Ok(None);
+        }
+        let user = self.user.unwrap_or_else(|| "x-remote-user".to_owned());
+        let groups = self.groups.unwrap_or_else(|| "x-remote-groups".to_owned());
+        check_header_name("identity_headers.user", &user)?;
+        check_header_name("identity_headers.groups", &groups)?;
+        if user == groups {
+            return Err(problem("identity_headers.groups", "must differ from identity_headers.user"));
+        }
+        let groups_separator = self.groups_separator.unwrap_or_else(|| "|".to_owned());
+        if groups_separator.is_empty() || groups_separator.chars().any(char::is_control) {
+            return Err(problem("identity_headers.groups_separator", "must be a non-empty printable string"));
+        }
+        Ok(Some(IdentityHeaders { user, groups, groups_separator }))
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(problem(field, format!("must be 1-253 characters of [A-Za-z0-9-._:] (got {value:?})")))
+    }
+}
+
+/// Allowed paths are matched byte for byte against the request path, so only canonical spellings
+/// make sense: anything else could never match, which is a configuration mistake worth reporting.
+fn check_path(field: &str, path: &str) -> Result<(), ConfigError> {
+    let why = if !path.starts_with('/') {
+        "must start with \"/\""
+    } else if path.len() > 256 {
+        "must be at most 256 bytes"
+    } else if path.contains("//") {
+        "must not contain \"//\""
+    } else if path.split('/').any(|s| s == "." || s == "..") {
+        "must not contain \".\" or \"..\" segments"
+    } else if !path.bytes().all(is_plain_path_byte) {
+        "may only contain letters, digits and - . _ ~ / (no query, \"%\" escapes or \";\" parameters)"
+    } else {
+        return Ok(());
+    };
+    Err(problem(field, format!("{why} (got {path:?})")))
+}
+
+pub(crate) fn is_plain_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~/".contains(&b)
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(problem(field, format!("must be a lowercase header name of [a-z0-9-] (got {name:?})")));
+    }
+    if matches!(name, "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding") {
+        return Err(problem(field, format!("{name:?} is reserved")));
+    }
+    Ok(())
+}
+
+fn check_resource_attributes(attrs: &ResourceAttributes) -> Result<(), ConfigError> {
+    const FIELD: &str = "authorization.resource_attributes";
+    if attrs.resource.is_empty() {
+        return Err(problem(format!("{FIELD}.resource"), "is required when resource_attributes is set"));
+    }
+    let fields = [
+        ("namespace", &attrs.namespace),
+        ("api_group", &attrs.api_group),
+        ("api_version", &attrs.api_version),
+        ("resource", &attrs.resource),
+        ("subresource", &attrs.subresource),
+        ("name", &attrs.name),
+    ];
+    for (name, value) in fields {
+        let ok = value.len() <= 253 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !ok {
+            return Err(problem(
+                format!("{FIELD}.{name}"),
+                format!("must be at most 253 characters of [A-Za-z0-9-._] (got {value:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // Under wasm32-unknown-unknown the same tests run in Node.js through wasm-bindgen-test.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn err(json: &str) -> ConfigError {
+        match Config::parse(json.as_bytes()) {
+            Ok(c) => unreachable!("expected an error, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn empty_configuration_means_defaults() {
+        for input in ["", "  ", "{}"] {
+            let c = Config::parse(input.as_bytes()).unwrap();
+            assert_eq!(c.allowed_paths, vec!["/metrics"]);
+            assert_eq!(c.apiserver_cluster, DEFAULT_APISERVER_CLUSTER);
+            assert_eq!(c.apiserver_timeout_ms, DEFAULT_TIMEOUT_MS);
+            assert!(c.audiences.is_empty());
+            assert!(c.resource_attributes.is_none());
+            assert!(c.identity_headers.is_none());
+        }
+    }
+
+    #[test]
+    fn full_configuration_is_read() {
+        let c = Config::parse(
+            br#"{"apiserver":{"cluster":"api","authority":"kubernetes","timeout_ms":2000},
+                "allowed_paths":["/metrics","/metrics/slis"],"audiences":["metrics-gate"],
+                "authorization":{"resource_attributes":{"namespace":"kube-system","resource":"services","subresource":"proxy","name":"kube-scheduler"}},
+                "identity_headers":{"enabled":true},"retry_after_seconds":2,"max_token_bytes":4096}"#,
+        )
+        .unwrap();
+        assert_eq!(c.apiserver_cluster, "api");
+        assert_eq!(c.allowed_paths.len(), 2);
+        assert_eq!(c.resource_attributes.unwrap().subresource, "proxy");
+        assert_eq!(c.identity_headers.unwrap().user, "x-remote-user");
+        assert_eq!(c.max_token_bytes, 4096);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let e = err(r#"{"allowed_path":["/metrics"]}"#);
+        assert_eq!(e.field, "configuration");
+        assert!(e.problem.contains("unknown field `allowed_path`"), "{e}");
+        assert!(err(r#"{"apiserver":{"clustr":"x"}}"#).problem.contains("clustr"));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        assert_eq!(err(r#"{"allowed_paths":[]}"#).field, "allowed_paths");
+        assert_eq!(err(r#"{"allowed_paths":["/metrics","metrics"]}"#).field, "allowed_paths[1]");
+        assert_eq!(err(r#"{"allowed_paths":["/metrics","/metrics"]}"#).field, "allowed_paths[1]");
+        for bad in ["/metrics?x", "/a//b", "/metrics/../x", "/%6detrics", "/metrics;x"] {
+            assert_eq!(err(&format!(r#"{{"allowed_paths":["{bad}"]}}"#)).field, "allowed_paths[0]", "{bad}");
+        }
+        assert_eq!(err(r#"{"apiserver":{"timeout_ms":0}}"#).field, "apiserver.timeout_ms");
+        assert_eq!(err(r#"{"apiserver":{"cluster":""}}"#).field, "apiserver.cluster");
+        assert_eq!(err(r#"{"audiences":[""]}"#).field, "audiences[0]");
+        assert_eq!(
+            err(r#"{"authorization":{"resource_attributes":{"namespace":"x"}}}"#).field,
+            "authorization.resource_attributes.resource"
+        );
+        assert_eq!(
+            err(r#"{"identity_headers":{"enabled":true,"user":"X-Remote-User"}}"#).field,
+            "identity_headers.user"
+        );
+        assert_eq!(err(r#"{"identity_headers":{"user":"x-user"}}"#).field, "identity_headers");
+        assert_eq!(err(r#"{"retry_after_seconds":0}"#).field, "retry_after_seconds");
+        assert_eq!(err(r#"{"max_token_bytes":1}"#).field, "max_token_bytes");
+        assert_eq!(err("[1]").field, "configuration");
+    }
+
+    #[test]
+    fn the_error_reads_as_one_line() {
+        let e = err(r#"{"allowed_paths":["metrics"]}"#);
+        assert_eq!(
+            e.to_string(),
+            "invalid plugin configuration: allowed_paths[0]: must start with \"/\" (got \"metrics\")"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Reading the caller's bearer token from the request, without ever copying it anywhere but the
+//! TokenReview body.
+
+/// Why a request carries no usable credential. Each maps to a 401; the variant only shapes the
+/// `WWW-Authenticate` challenge and the counters, never echoes the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialProblem {
+    Missing,
+    /// Several `Authorization` headers (or values joined with ","): ambiguous, so refused.
+    Duplicate,
+    /// Not `Bearer <token68>`, empty, or too long.
+    Malformed,
+}
+
+/// Finds exactly one `Authorization: Bearer <token>` among the request headers.
+///
+/// The scheme is case-insensitive (RFC 7235); the token must be token68 (RFC 7235 §2.1), which every
+/// Kubernetes token is: anything else (spaces, commas from a merged duplicate header, control bytes)
+/// cannot be a token and is refused before the apiserver is asked.
+pub fn bearer_token<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    max_token_bytes: usize,
+) -> Result<&'h str, CredentialProblem> {
+    let mut found = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("authorization") {
+            if found.is_some() {
+                return Err(CredentialProblem::Duplicate);
+            }
+            found = Some(value);
+        }
+    }
+    let value = found.ok_or(CredentialProblem::Missing)?;
+    let (scheme, rest) = value.split_once(' ').ok_or(CredentialProblem::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(CredentialProblem::Malformed);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.contains(',') {
+        return Err(CredentialProblem::Duplicate);
+    }
+    if token.is_empty() || token.len() > max_token_bytes || !is_token68(token) {
+        return Err(CredentialProblem::Malformed);
+    }
+    Ok(token)
+}
+
+fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // Under wasm32-unknown-unknown the same tests run in Node.js through wasm-bindgen-test.
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+
+    fn token(headers: &[(&'static str, &'static str)]) -> Result<&'static str, CredentialProblem> {
+        bearer_token(headers.iter().copied(), 8192)
+    }
+
+    #[test]
+    fn accepts_one_bearer_token_in_any_case() {
+        let header = format!("Bearer {JWT}");
+        let leaked: &'static str = Box::leak(header.into_boxed_str());
+        assert_eq!(token(&[("authorization", leaked)]), Ok(JWT));
+        assert_eq!(token(&[("Authorization", "bearer abc.def")]), Ok("abc.def"));
+        assert_eq!(token(&[("authorization", "BEARER   abcdef.0123456789abcdef")]), Ok("abcdef.0123456789abcdef"));
+        assert_eq!(token(&[("authorization", "Bearer YWJj==")]), Ok("YWJj=="));
+    }
+
+    #[test]
+    fn refuses_what_is_not_exactly_one_plausible_token() {
+        assert_eq!(token(&[]), Err(CredentialProblem::Missing));
+        assert_eq!(token(&[("x-authorization", "Bearer abc")]), Err(CredentialProblem::Missing));
+        assert_eq!(
+            token(&[("authorization", "Bearer abc"), ("authorization", "Bearer def")]),
+            Err(CredentialProblem::Duplicate)
+        );
+        assert_eq!(token(&[("authorization", "Bearer abc,Bearer def")]), Err(CredentialProblem::Duplicate));
+        for bad in ["Bearer", "Bearer ", "Basic YWJjOmRlZg==", "abc", "Bearer a b", "Bearer ===", "Bearer a\tb", "Bearer tök"] {
+            assert_eq!(token(&[("authorization", bad)]), Err(CredentialProblem::Malformed), "{bad:?}");
+        }
+        let long = format!("Bearer {}", "a".repeat(65));
+        assert_eq!(
+            bearer_token([("authorization", long.as_str())], 64),
+            Err(CredentialProblem::Malformed)
+        );
+    }
+}

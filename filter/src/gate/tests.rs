@@ -1,0 +1,231 @@
+//! The behaviour contract, row by row, without Envoy.
+
+use super::*;
+// Under wasm32-unknown-unknown the same tests run in Node.js through wasm-bindgen-test.
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+use crate::reply::Outcome;
+
+const PROMETHEUS_TR: &[u8] = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},"spec":{"token":"<redacted>"},"status":{"authenticated":true,"user":{"username":"system:serviceaccount:observability:prometheus-server","uid":"e2a1121a","groups":["system:serviceaccounts","system:authenticated"]},"audiences":["https://kubernetes.default.svc.cluster.local"]}}"#;
+const GARBAGE_TR: &[u8] = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},"spec":{"token":"<redacted>"},"status":{"user":{},"error":"invalid bearer token"}}"#;
+const SAR_ALLOWED: &[u8] = br#"{"kind":"SubjectAccessReview","apiVersion":"authorization.k8s.io/v1","spec":{},"status":{"allowed":true,"reason":"RBAC"}}"#;
+const SAR_DENIED: &[u8] = br#"{"kind":"SubjectAccessReview","apiVersion":"authorization.k8s.io/v1","spec":{},"status":{"allowed":false}}"#;
+
+fn config(json: &str) -> Config {
+    Config::parse(json.as_bytes()).unwrap()
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+fn start(config: &Config, method: &str, path: &str, pairs: &[(&str, &str)]) -> (Gate, Step) {
+    let headers = headers(pairs);
+    let mut gate = Gate::default();
+    let step = gate.on_request(config, &RequestHead { method, path, headers: &headers });
+    (gate, step)
+}
+
+fn reply(step: Step) -> Reply {
+    match step {
+        Step::Reply(reply) => reply,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn callout(step: Step) -> Callout {
+    match step {
+        Step::Call(callout) => callout,
+        other => panic!("expected a callout, got {other:?}"),
+    }
+}
+
+const BEARER: (&str, &str) = ("authorization", "Bearer abc.def.ghi");
+
+#[test]
+fn paths_outside_the_allow_list_are_404_before_anything_else() {
+    let c = config("{}");
+    for path in [
+        "/", "/debug/pprof", "//metrics", "/%6detrics", "/metrics%2f..", "/metrics%2F..", "/METRICS",
+        "/metrics;x", "/metrics/", "/metrics/../debug", "/metricsx", "", "*",
+    ] {
+        let r = reply(start(&c, "DELETE", path, &[]).1);
+        assert_eq!((r.status, r.outcome), (404, Outcome::PathNotAllowed), "{path}");
+    }
+}
+
+#[test]
+fn query_strings_do_not_change_the_path() {
+    let c = config("{}");
+    let call = callout(start(&c, "GET", "/metrics?name[]=up", &[BEARER]).1);
+    assert_eq!(call.path, review::TOKEN_REVIEW_PATH);
+}
+
+#[test]
+fn only_get_and_head_are_allowed() {
+    let c = config("{}");
+    for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "get"] {
+        let r = reply(start(&c, method, "/metrics", &[BEARER]).1);
+        assert_eq!(r.status, 405, "{method}");
+        assert!(r.headers.contains(&("allow", "GET, HEAD".to_owned())));
+    }
+    for method in ["GET", "HEAD"] {
+        callout(start(&c, method, "/metrics", &[BEARER]).1);
+    }
+}
+
+#[test]
+fn requests_without_one_plausible_token_get_401_with_a_challenge() {
+    let c = config("{}");
+    let cases: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("authorization", "Basic YWJjOmRlZg==")],
+        &[BEARER, BEARER],
+        &[("authorization", "Bearer has space")],
+    ];
+    for pairs in cases {
+        let r = reply(start(&c, "GET", "/metrics", pairs).1);
+        assert_eq!(r.status, 401);
+        assert!(r.headers.iter().any(|(n, v)| *n == "www-authenticate" && v.starts_with("Bearer")));
+    }
+}
+
+#[test]
+fn the_token_review_carries_the_token_and_audiences() {
+    let c = config(r#"{"audiences":["metrics-gate"]}"#);
+    let call = callout(start(&c, "GET", "/metrics", &[BEARER]).1);
+    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(body["spec"]["token"], "abc.def.ghi");
+    assert_eq!(body["spec"]["audiences"][0], "metrics-gate");
+}
+
+#[test]
+fn unauthenticated_callers_get_401_invalid_token() {
+    let c = config("{}");
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    let r = reply(gate.on_review_answer(&c, Some(201), GARBAGE_TR));
+    assert_eq!(r.status, 401);
+    assert!(r.headers.iter().any(|(_, v)| v.contains("invalid_token")));
+    assert!(!r.body.contains("abc.def.ghi"));
+}
+
+#[test]
+fn wrong_audience_is_401() {
+    let c = config(r#"{"audiences":["metrics-gate"]}"#);
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    assert_eq!(reply(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR)).status, 401);
+}
+
+#[test]
+fn authenticated_user_is_checked_with_a_subject_access_review() {
+    let c = config("{}");
+    let (mut gate, _) = start(&c, "HEAD", "/metrics?x=1", &[BEARER]);
+    let call = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    assert_eq!(call.path, review::SUBJECT_ACCESS_REVIEW_PATH);
+    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(body["spec"]["user"], "system:serviceaccount:observability:prometheus-server");
+    assert_eq!(body["spec"]["uid"], "e2a1121a");
+    assert_eq!(body["spec"]["groups"][1], "system:authenticated");
+    assert_eq!(body["spec"]["nonResourceAttributes"], serde_json::json!({"path": "/metrics", "verb": "get"}));
+    assert!(!String::from_utf8(call.body).unwrap().contains("abc.def.ghi"));
+}
+
+#[test]
+fn denied_users_get_403_naming_them_and_the_attributes() {
+    let c = config("{}");
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
+    let r = reply(gate.on_review_answer(&c, Some(201), SAR_DENIED));
+    assert_eq!((r.status, r.outcome), (403, Outcome::Forbidden));
+    assert!(r.body.contains("system:serviceaccount:observability:prometheus-server"), "{}", r.body);
+    assert!(r.body.contains(r#"get path "/metrics""#), "{}", r.body);
+}
+
+#[test]
+fn allowed_requests_are_forwarded_without_client_credentials() {
+    let c = config("{}");
+    let (mut gate, _) = start(
+        &c,
+        "GET",
+        "/metrics",
+        &[BEARER, ("x-remote-user", "admin"), ("x-remote-groups", "system:masters"), ("accept", "*/*")],
+    );
+    gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
+    let Step::Forward(forward) = gate.on_review_answer(&c, Some(201), SAR_ALLOWED) else {
+        panic!("expected forward")
+    };
+    assert_eq!(forward.remove, vec!["authorization", "x-remote-user", "x-remote-groups"]);
+    assert!(forward.set.is_empty());
+}
+
+#[test]
+fn identity_headers_are_set_from_the_review_when_enabled() {
+    let c = config(r#"{"identity_headers":{"enabled":true}}"#);
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER, ("x-remote-user", "admin")]);
+    gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
+    let Step::Forward(forward) = gate.on_review_answer(&c, Some(201), SAR_ALLOWED) else {
+        panic!("expected forward")
+    };
+    assert!(forward.remove.contains(&"x-remote-user".to_owned()));
+    assert_eq!(
+        forward.set,
+        vec![
+            ("x-remote-user".to_owned(), "system:serviceaccount:observability:prometheus-server".to_owned()),
+            ("x-remote-groups".to_owned(), "system:serviceaccounts|system:authenticated".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn every_kind_of_apiserver_trouble_is_503_with_retry_after() {
+    let c = config(r#"{"retry_after_seconds":7}"#);
+    let answers: [(Option<u16>, &[u8]); 7] = [
+        (None, b""),
+        (Some(503), b"upstream connect error or disconnect/reset before headers"),
+        (Some(504), b"upstream request timeout"),
+        (Some(500), br#"{"kind":"Status","code":500}"#),
+        (Some(403), br#"{"kind":"Status","reason":"Forbidden","code":403}"#),
+        (Some(201), b"<html>"),
+        (Some(201), br#"{"kind":"Status"}"#),
+    ];
+    for (status, body) in answers {
+        // At the TokenReview...
+        let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+        let r = reply(gate.on_review_answer(&c, status, body));
+        assert_eq!((r.status, r.outcome), (503, Outcome::ApiserverError), "{status:?}");
+        assert!(r.headers.contains(&("retry-after", "7".to_owned())));
+        assert!(r.log_detail.is_some());
+        // ...and at the SubjectAccessReview.
+        let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+        gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
+        assert_eq!(reply(gate.on_review_answer(&c, status, body)).status, 503, "{status:?}");
+    }
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    assert_eq!(reply(gate.on_dispatch_failed(&c, "BadArgument")).status, 503);
+}
+
+#[test]
+fn a_stray_answer_never_opens_the_gate() {
+    let c = config("{}");
+    let mut gate = Gate::default();
+    assert_eq!(reply(gate.on_review_answer(&c, Some(201), SAR_ALLOWED)).status, 503);
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
+    gate.on_review_answer(&c, Some(201), SAR_ALLOWED);
+    assert_eq!(reply(gate.on_review_answer(&c, Some(201), SAR_ALLOWED)).status, 503);
+}
+
+#[test]
+fn resource_attributes_replace_the_path_check() {
+    let c = config(
+        r#"{"authorization":{"resource_attributes":{"namespace":"kube-system","resource":"pods","subresource":"metrics"}}}"#,
+    );
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    let call = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(body["spec"]["resourceAttributes"]["resource"], "pods");
+    assert_eq!(body["spec"]["resourceAttributes"]["verb"], "get");
+    assert!(body["spec"].get("nonResourceAttributes").is_none());
+    let r = reply(gate.on_review_answer(&c, Some(201), SAR_DENIED));
+    assert!(r.body.contains(r#"get resource "pods/metrics""#), "{}", r.body);
+}

@@ -1,0 +1,16 @@
+//! metrics-gate: a proxy-wasm filter that lets a request reach a Kubernetes component's metrics only
+//! when the path is allowed and the Kubernetes API authenticates (TokenReview) and authorizes
+//! (SubjectAccessReview) the caller.
+//!
+//! Everything that decides is plain Rust in `config`, `credentials`, `review`, `gate` and `reply`,
+//! tested natively; `host` is the only module that talks to Envoy, and only exists in the wasm build.
+
+pub mod config;
+pub mod credentials;
+pub mod gate;
+pub mod metrics;
+pub mod reply;
+pub mod review;
+
+#[cfg(target_os = "wasi")]
+mod host;

