@@ -81,7 +81,11 @@ pub struct MockApiserverOptions {
 
 impl Default for MockApiserverOptions {
     fn default() -> Self {
-        MockApiserverOptions { port: 0, rbac_files: default_rbac_files(), issuer: None }
+        MockApiserverOptions {
+            port: 0,
+            rbac_files: default_rbac_files(),
+            issuer: None,
+        }
     }
 }
 
@@ -108,7 +112,12 @@ impl MockApiserver {
         let rbac = Rbac::load(&opts.rbac_files)?;
         let ca = TestCa::new("kubernetes");
         let cert = ca.issue_server(
-            &["kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "kubernetes", "localhost"],
+            &[
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "kubernetes",
+                "localhost",
+            ],
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         );
         let state = Arc::new(State {
@@ -175,7 +184,13 @@ impl MockApiserver {
     }
 
     pub fn count(&self, kind: CallKind) -> usize {
-        self.state.calls.lock().unwrap().iter().filter(|c| c.kind == kind).count()
+        self.state
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.kind == kind)
+            .count()
     }
 
     pub fn clear_calls(&self) {
@@ -295,25 +310,54 @@ struct ReviewOut<S, T> {
     kind: &'static str,
     #[serde(rename = "apiVersion")]
     api_version: &'static str,
-    metadata: Value,
+    metadata: ReviewMetadata,
     spec: S,
     status: T,
 }
 
+/// One `metadata.managedFields` entry, in Go field order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ManagedFieldsEntry {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    manager: String,
+    operation: &'static str,
+    api_version: String,
+    time: String,
+    fields_type: &'static str,
+    #[serde(rename = "fieldsV1")]
+    fields_v1: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewMetadata {
+    creation_timestamp: Option<String>,
+    managed_fields: [ManagedFieldsEntry; 1],
+}
+
 /// `metadata` as the apiserver returns it for a review: no name, null timestamp, one managedFields
 /// entry owned by the client's user-agent prefix.
-fn review_metadata(api_version: &str, user_agent: Option<&str>, spec: &Value) -> Value {
-    let mut entry = Map::new();
-    let manager: String = user_agent.unwrap_or_default().split('/').next().unwrap_or_default().chars().take(128).collect();
-    if !manager.is_empty() {
-        entry.insert("manager".into(), manager.into());
+fn review_metadata(api_version: &str, user_agent: Option<&str>, spec: &Value) -> ReviewMetadata {
+    let manager = user_agent
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(128)
+        .collect();
+    ReviewMetadata {
+        creation_timestamp: None,
+        managed_fields: [ManagedFieldsEntry {
+            manager,
+            operation: "Update",
+            api_version: api_version.into(),
+            time: rfc3339(SystemTime::now()),
+            fields_type: "FieldsV1",
+            fields_v1: json!({ "f:spec": fields_v1(spec, false) }),
+        }],
     }
-    entry.insert("operation".into(), "Update".into());
-    entry.insert("apiVersion".into(), api_version.into());
-    entry.insert("time".into(), rfc3339(SystemTime::now()).into());
-    entry.insert("fieldsType".into(), "FieldsV1".into());
-    entry.insert("fieldsV1".into(), json!({ "f:spec": fields_v1(spec, false) }));
-    json!({ "creationTimestamp": null, "managedFields": [Value::Object(entry)] })
 }
 
 /// The FieldsV1 set of a JSON object: `f:<key>` per field, `.` for nested structs, lists atomic.
@@ -324,7 +368,11 @@ fn fields_v1(v: &Value, with_dot: bool) -> Value {
             m.insert(".".into(), json!({}));
         }
         for (k, child) in o {
-            let f = if child.is_object() { fields_v1(child, true) } else { json!({}) };
+            let f = if child.is_object() {
+                fields_v1(child, true)
+            } else {
+                json!({})
+            };
             m.insert(format!("f:{k}"), f);
         }
     }
@@ -340,7 +388,6 @@ struct Ctx {
     user_agent: Option<String>,
     pretty: bool,
     caller: Option<VerifiedUser>,
-    bearer_present: bool,
 }
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
@@ -350,15 +397,25 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
         SUBJECTACCESSREVIEWS_PATH => CallKind::SubjectAccessReview,
         _ => CallKind::Other,
     };
-    let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(String::from);
+    let user_agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let bearer = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
-    let caller = bearer.as_deref().and_then(|t| st.issuer.verify(t, &[]).ok());
-    let content_type = req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
+    let caller = bearer
+        .as_deref()
+        .and_then(|t| st.issuer.verify(t, &[]).ok());
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let ctx = Ctx {
         kind,
         method: req.method().to_string(),
@@ -366,23 +423,43 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
         pretty: wants_pretty(user_agent.as_deref()),
         user_agent,
         caller,
-        bearer_present: bearer.is_some(),
     };
     let method_ok = req.method() == Method::POST;
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
 
     let fault = st.fault.lock().unwrap().clone();
     if let Fault::Slow(d) = fault {
         tokio::time::sleep(d).await;
     }
     let (resp, spec) = match fault {
-        Fault::ServerError => (status_resp(&ctx, Status::internal_error("mock apiserver fault: server error")), Value::Null),
-        Fault::Malformed => (respond(201, "application/json", "<html>this is not JSON"), Value::Null),
-        Fault::WrongShape => (respond(201, "application/json", "{\"kind\":\"Status\"}"), Value::Null),
+        Fault::ServerError => (
+            status_resp(
+                &ctx,
+                Status::internal_error("mock apiserver fault: server error"),
+            ),
+            Value::Null,
+        ),
+        Fault::Malformed => (
+            respond(201, "application/json", "<html>this is not JSON"),
+            Value::Null,
+        ),
+        Fault::WrongShape => (
+            respond(201, "application/json", "{\"kind\":\"Status\"}"),
+            Value::Null,
+        ),
         Fault::ForbiddenToProxy => (forbidden(&ctx), Value::Null),
         _ => review(&st, &ctx, method_ok, content_type.as_deref(), &body),
     };
-    let spec = if spec.is_null() { recorded_spec(ctx.kind, &body) } else { spec };
+    let spec = if spec.is_null() {
+        recorded_spec(ctx.kind, &body)
+    } else {
+        spec
+    };
     st.calls.lock().unwrap().push(RecordedCall {
         kind: ctx.kind,
         method: ctx.method,
@@ -400,23 +477,37 @@ fn status_resp(ctx: &Ctx, s: Status) -> Resp {
 }
 
 fn forbidden(ctx: &Ctx) -> Resp {
-    let user = ctx.caller.as_ref().map(|u| u.username.as_str()).unwrap_or("system:anonymous");
+    let user = ctx
+        .caller
+        .as_ref()
+        .map(|u| u.username.as_str())
+        .unwrap_or("system:anonymous");
     let (group, resource) = match ctx.kind {
         CallKind::SubjectAccessReview => ("authorization.k8s.io", "subjectaccessreviews"),
         _ => ("authentication.k8s.io", "tokenreviews"),
     };
-    status_resp(ctx, Status::forbidden_resource(user, "create", group, resource))
+    status_resp(
+        ctx,
+        Status::forbidden_resource(user, "create", group, resource),
+    )
 }
 
 /// The normal path: authn + authz of the caller, then the review. Returns the response and the
 /// recorded spec.
-fn review(st: &State, ctx: &Ctx, method_ok: bool, content_type: Option<&str>, body: &Bytes) -> (Resp, Value) {
+fn review(
+    st: &State,
+    ctx: &Ctx,
+    method_ok: bool,
+    content_type: Option<&str>,
+    body: &Bytes,
+) -> (Resp, Value) {
     if ctx.kind == CallKind::Other {
         return (status_resp(ctx, Status::not_found()), Value::Null);
     }
     // Authentication happens before routing details like the method.
+    // Missing and invalid tokens both get 401 (a real apiserver with anonymous auth enabled would
+    // treat a missing token as system:anonymous and answer 403).
     let Some(caller) = &ctx.caller else {
-        let _ = ctx.bearer_present; // missing and invalid tokens both get 401 here
         return (status_resp(ctx, Status::unauthorized()), Value::Null);
     };
     let (group, resource) = match ctx.kind {
@@ -424,14 +515,29 @@ fn review(st: &State, ctx: &Ctx, method_ok: bool, content_type: Option<&str>, bo
         _ => ("authorization.k8s.io", "subjectaccessreviews"),
     };
     if !method_ok {
-        return (status_resp(ctx, Status::method_not_allowed(&ctx.method)), Value::Null);
+        return (
+            status_resp(ctx, Status::method_not_allowed(&ctx.method)),
+            Value::Null,
+        );
     }
-    if !st.rbac.can(&caller.username, &caller.groups, "create", group, resource) {
+    if !st
+        .rbac
+        .can(&caller.username, &caller.groups, "create", group, resource)
+    {
         return (forbidden(ctx), Value::Null);
     }
     let ct = content_type.unwrap_or_default();
-    if !ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json") {
-        return (status_resp(ctx, Status::unsupported_media_type(ct)), Value::Null);
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        return (
+            status_resp(ctx, Status::unsupported_media_type(ct)),
+            Value::Null,
+        );
     }
     match ctx.kind {
         CallKind::TokenReview => token_review(st, ctx, body),
@@ -440,7 +546,9 @@ fn review(st: &State, ctx: &Ctx, method_ok: bool, content_type: Option<&str>, bo
 }
 
 fn check_kind<S>(r: &ReviewIn<S>, kind: &str, api_version: &str) -> Result<(), String> {
-    if (!r.kind.is_empty() && r.kind != kind) || (!r.api_version.is_empty() && r.api_version != api_version) {
+    if (!r.kind.is_empty() && r.kind != kind)
+        || (!r.api_version.is_empty() && r.api_version != api_version)
+    {
         return Err(format!(
             "the API version in the data ({}) does not match the expected API version ({api_version})",
             r.api_version
@@ -453,7 +561,12 @@ fn token_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
     const AV: &str = "authentication.k8s.io/v1";
     let r: ReviewIn<TokenReviewSpec> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return (status_resp(ctx, Status::bad_request(format!("invalid JSON: {e}"))), Value::Null),
+        Err(e) => {
+            return (
+                status_resp(ctx, Status::bad_request(format!("invalid JSON: {e}"))),
+                Value::Null,
+            )
+        }
     };
     if let Err(m) = check_kind(&r, "TokenReview", AV) {
         return (status_resp(ctx, Status::bad_request(m)), Value::Null);
@@ -471,11 +584,18 @@ fn token_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
     let status = match st.issuer.verify(&spec.token, &spec.audiences) {
         Ok(u) => TokenReviewStatus {
             authenticated: true,
-            user: UserInfo { username: u.username, uid: u.uid, groups: u.groups },
+            user: UserInfo {
+                username: u.username,
+                uid: u.uid,
+                groups: u.groups,
+            },
             audiences: u.audiences,
             error: String::new(),
         },
-        Err(e) => TokenReviewStatus { error: e.review_error(), ..Default::default() },
+        Err(e) => TokenReviewStatus {
+            error: e.review_error(),
+            ..Default::default()
+        },
     };
     let spec_value = serde_json::to_value(&spec).unwrap_or_default();
     let out = ReviewOut {
@@ -485,14 +605,22 @@ fn token_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
         spec,
         status,
     };
-    (respond(201, "application/json", encode(&out, ctx.pretty)), recorded)
+    (
+        respond(201, "application/json", encode(&out, ctx.pretty)),
+        recorded,
+    )
 }
 
 fn subject_access_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
     const AV: &str = "authorization.k8s.io/v1";
     let r: ReviewIn<SarSpec> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return (status_resp(ctx, Status::bad_request(format!("invalid JSON: {e}"))), Value::Null),
+        Err(e) => {
+            return (
+                status_resp(ctx, Status::bad_request(format!("invalid JSON: {e}"))),
+                Value::Null,
+            )
+        }
     };
     if let Err(m) = check_kind(&r, "SubjectAccessReview", AV) {
         return (status_resp(ctx, Status::bad_request(m)), Value::Null);
@@ -509,7 +637,10 @@ fn subject_access_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
             subresource: ra.subresource.clone(),
             name: ra.name.clone(),
         },
-        (None, Some(nra)) => Attributes::NonResource { path: nra.path.clone(), verb: nra.verb.clone() },
+        (None, Some(nra)) => Attributes::NonResource {
+            path: nra.path.clone(),
+            verb: nra.verb.clone(),
+        },
         _ => {
             let s = Status::bad_request(
                 "spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
@@ -518,11 +649,18 @@ fn subject_access_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
         }
     };
     if spec.user.is_empty() && spec.groups.is_empty() {
-        let s = Status::bad_request("spec.user: Invalid value: \"\": at least one of user or group must be specified".into());
+        let s = Status::bad_request(
+            "spec.user: Invalid value: \"\": at least one of user or group must be specified"
+                .into(),
+        );
         return (status_resp(ctx, s), recorded);
     }
     let d = st.rbac.authorize(&spec.user, &spec.groups, &attrs);
-    let status = SarStatus { allowed: d.allowed, reason: d.reason.unwrap_or_default(), ..Default::default() };
+    let status = SarStatus {
+        allowed: d.allowed,
+        reason: d.reason.unwrap_or_default(),
+        ..Default::default()
+    };
     let spec_value = serde_json::to_value(&spec).unwrap_or_default();
     let out = ReviewOut {
         kind: "SubjectAccessReview",
@@ -531,7 +669,10 @@ fn subject_access_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
         spec,
         status,
     };
-    (respond(201, "application/json", encode(&out, ctx.pretty)), recorded)
+    (
+        respond(201, "application/json", encode(&out, ctx.pretty)),
+        recorded,
+    )
 }
 
 /// Best-effort spec of a body that was not fully processed (faults, auth failures).
@@ -539,7 +680,10 @@ fn recorded_spec(kind: CallKind, body: &Bytes) -> Value {
     if kind == CallKind::Other {
         return Value::Null;
     }
-    let mut spec = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("spec").cloned()).unwrap_or(Value::Null);
+    let mut spec = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("spec").cloned())
+        .unwrap_or(Value::Null);
     if let Some(t) = spec.get("token").and_then(|t| t.as_str()).map(token_digest) {
         spec["token"] = t.into();
     }

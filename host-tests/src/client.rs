@@ -20,7 +20,10 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
@@ -60,7 +63,9 @@ pub async fn send(
     let req = req.body(Full::new(body.into()))?;
     match tls {
         Some(t) => {
-            let stream = tls_connector(t.ca_pem)?.connect(server_name(t.server_name)?, tcp).await?;
+            let stream = tls_connector(t.ca_pem)?
+                .connect(server_name(t.server_name)?, tcp)
+                .await?;
             exchange(TokioIo::new(stream), req).await
         }
         None => exchange(TokioIo::new(tcp), req).await,
@@ -78,10 +83,19 @@ where
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = resp.into_body().collect().await?.to_bytes();
     drop(sender);
     driver.abort();
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }

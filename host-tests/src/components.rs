@@ -30,8 +30,12 @@ pub enum ComponentKind {
 }
 
 impl ComponentKind {
-    pub const ALL: [ComponentKind; 4] =
-        [ComponentKind::KubeProxy, ComponentKind::Etcd, ComponentKind::KubeControllerManager, ComponentKind::KubeScheduler];
+    pub const ALL: [ComponentKind; 4] = [
+        ComponentKind::KubeProxy,
+        ComponentKind::Etcd,
+        ComponentKind::KubeControllerManager,
+        ComponentKind::KubeScheduler,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,7 +58,10 @@ impl ComponentKind {
 
     /// kube-controller-manager and kube-scheduler serve HTTPS and authenticate /metrics callers.
     pub fn is_secure(self) -> bool {
-        matches!(self, ComponentKind::KubeControllerManager | ComponentKind::KubeScheduler)
+        matches!(
+            self,
+            ComponentKind::KubeControllerManager | ComponentKind::KubeScheduler
+        )
     }
 
     /// The component's /metrics body (shared, cheap to clone).
@@ -111,7 +118,10 @@ pub struct ComponentOptions {
 
 impl ComponentOptions {
     pub fn with_verifier(verifier: BearerVerifier) -> Self {
-        ComponentOptions { verifier: Some(verifier), ..Default::default() }
+        ComponentOptions {
+            verifier: Some(verifier),
+            ..Default::default()
+        }
     }
 }
 
@@ -128,7 +138,11 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// All values of header `name` (case-insensitive).
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -153,7 +167,11 @@ pub struct FakeComponent {
 
 impl FakeComponent {
     /// Starts `kind` on `addr` (port 0 = ephemeral).
-    pub fn start(kind: ComponentKind, addr: SocketAddr, opts: ComponentOptions) -> anyhow::Result<Self> {
+    pub fn start(
+        kind: ComponentKind,
+        addr: SocketAddr,
+        opts: ComponentOptions,
+    ) -> anyhow::Result<Self> {
         let state = Arc::new(State {
             kind,
             payload: opts.payload.unwrap_or_else(|| kind.payload()),
@@ -163,7 +181,9 @@ impl FakeComponent {
             requests: Mutex::new(Vec::new()),
         });
         let (tls, ca) = if kind.is_secure() {
-            let ca = opts.ca.unwrap_or_else(|| Arc::new(TestCa::new(&format!("{}-ca", kind.name()))));
+            let ca = opts
+                .ca
+                .unwrap_or_else(|| Arc::new(TestCa::new(&format!("{}-ca", kind.name()))));
             let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
             if !addr.ip().is_unspecified() && addr.ip() != ips[0] {
                 ips.push(addr.ip());
@@ -246,11 +266,20 @@ fn handle(st: &State, req: Request<Incoming>) -> Resp {
         let headers = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         st.requests.lock().unwrap().push(RecordedRequest {
             method: req.method().to_string(),
-            path_and_query: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+            path_and_query: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
             headers,
             status: resp.status().as_u16(),
         });
@@ -261,12 +290,24 @@ fn handle(st: &State, req: Request<Incoming>) -> Resp {
 fn answer(st: &State, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path();
     match path {
-        "/healthz" | "/livez" | "/readyz" => return respond(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok")),
+        "/healthz" | "/livez" | "/readyz" => {
+            return respond(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok"))
+        }
         "/metrics" => {}
-        _ => return respond(404, "text/plain; charset=utf-8", Bytes::from_static(b"404 page not found\n")),
+        _ => {
+            return respond(
+                404,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"404 page not found\n"),
+            )
+        }
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return respond(405, "text/plain; charset=utf-8", Bytes::from_static(b"Method Not Allowed\n"));
+        return respond(
+            405,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"Method Not Allowed\n"),
+        );
     }
     if st.kind.is_secure() {
         let token = req
@@ -279,7 +320,11 @@ fn answer(st: &State, req: &Request<Incoming>) -> Resp {
             Some(v) => v(token),
             None => Verdict::Forbidden("system:anonymous".into()),
         };
-        let pretty = wants_pretty(req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()));
+        let pretty = wants_pretty(
+            req.headers()
+                .get(hyper::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        );
         let status = match verdict {
             Verdict::Allow => None,
             Verdict::Unauthenticated => Some(Status::unauthorized()),

@@ -55,11 +55,21 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `addr` (port 0 = ephemeral) and starts serving on the shared runtime.
-    pub fn start(addr: SocketAddr, tls: Option<TlsAcceptor>, handler: Handler) -> anyhow::Result<Arc<Self>> {
+    pub fn start(
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        handler: Handler,
+    ) -> anyhow::Result<Arc<Self>> {
         let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         let (epoch, _) = watch::channel(0u64);
-        let server = Arc::new(HttpServer { addr, tls, handler, accepting: Mutex::new(None), epoch });
+        let server = Arc::new(HttpServer {
+            addr,
+            tls,
+            handler,
+            accepting: Mutex::new(None),
+            epoch,
+        });
         server.spawn_accept(listener);
         Ok(server)
     }
@@ -114,11 +124,17 @@ impl HttpServer {
 
     fn spawn_accept(&self, listener: TcpListener) {
         let (tx, rx) = mpsc::channel();
-        let guard = ListenerGuard { listener, _closed: tx };
+        let guard = ListenerGuard {
+            listener,
+            _closed: tx,
+        };
         let tls = self.tls.clone();
         let handler = self.handler.clone();
         let epoch = self.epoch.subscribe();
         let task = io_runtime().spawn(async move {
+            // Own the whole guard (not just its listener field) so the close signal fires only when
+            // this future, and with it the socket, is dropped.
+            let guard = guard;
             loop {
                 let (stream, _) = match guard.listener.accept().await {
                     Ok(s) => s,
@@ -136,10 +152,12 @@ impl HttpServer {
                 tokio::spawn(async move {
                     let serve = async {
                         match tls {
-                            Some(acceptor) => match acceptor.accept(stream).await {
-                                Ok(s) => serve_connection(TokioIo::new(s), handler).await,
-                                Err(_) => {}
-                            },
+                            Some(acceptor) => {
+                                // A failed handshake just ends this connection.
+                                if let Ok(s) = acceptor.accept(stream).await {
+                                    serve_connection(TokioIo::new(s), handler).await
+                                }
+                            }
                             None => serve_connection(TokioIo::new(stream), handler).await,
                         }
                     };
@@ -177,7 +195,11 @@ where
 fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     // Runs outside the runtime's context too: register the socket with the shared runtime.
     let _enter = io_runtime().enter();
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     Ok(socket.listen(1024)?)

@@ -40,7 +40,12 @@ pub struct Status {
 }
 
 impl Status {
-    fn failure(code: u16, reason: &'static str, message: String, details: Option<StatusDetails>) -> Self {
+    fn failure(
+        code: u16,
+        reason: &'static str,
+        message: String,
+        details: Option<StatusDetails>,
+    ) -> Self {
         Status {
             kind: "Status",
             api_version: "v1",
@@ -61,7 +66,11 @@ impl Status {
     /// 403 for a cluster-scoped resource request, e.g. `create tokenreviews` (reference:
     /// tokenreview-called-by-nobody.response.json).
     pub fn forbidden_resource(user: &str, verb: &str, group: &str, resource: &str) -> Self {
-        let gr = if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") };
+        let gr = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
         Self::failure(
             403,
             "Forbidden",
@@ -120,14 +129,21 @@ impl Status {
             500,
             "InternalError",
             format!("Internal error occurred: {message}"),
-            Some(StatusDetails { causes: vec![StatusCause { message: message.into() }], ..Default::default() }),
+            Some(StatusDetails {
+                causes: vec![StatusCause {
+                    message: message.into(),
+                }],
+                ..Default::default()
+            }),
         )
     }
 }
 
 /// Whether Kubernetes would pretty-print for this User-Agent (apimachinery `isPrettyPrint`).
 pub fn wants_pretty(user_agent: Option<&str>) -> bool {
-    user_agent.is_some_and(|ua| ua.starts_with("curl") || ua.starts_with("Wget") || ua.starts_with("Mozilla/5.0"))
+    user_agent.is_some_and(|ua| {
+        ua.starts_with("curl") || ua.starts_with("Wget") || ua.starts_with("Mozilla/5.0")
+    })
 }
 
 /// Encodes like apimachinery's JSON serializer.
@@ -149,7 +165,11 @@ mod tests {
     fn sizes_match_the_component_probes() {
         // metrics-probes.txt: garbage -> 401 157 bytes, nobody -> 403 250, no token -> 403 224 (curl).
         assert_eq!(encode(&Status::unauthorized(), true).len(), 157);
-        let nobody = Status::forbidden_path("system:serviceaccount:observability:nobody", "get", "/metrics");
+        let nobody = Status::forbidden_path(
+            "system:serviceaccount:observability:nobody",
+            "get",
+            "/metrics",
+        );
         assert_eq!(encode(&nobody, true).len(), 250);
         let anon = Status::forbidden_path("system:anonymous", "get", "/metrics");
         assert_eq!(encode(&anon, true).len(), 224);

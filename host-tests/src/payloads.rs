@@ -13,7 +13,10 @@ pub const ETCD_PAYLOAD_BYTES: usize = 146_757;
 pub const KUBE_PROXY_PAYLOAD_BYTES: usize = 27_000;
 
 pub fn kube_scheduler() -> Bytes {
-    Bytes::from_static(include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/payloads/kube-scheduler-1.28.metrics.txt")))
+    Bytes::from_static(include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/payloads/kube-scheduler-1.28.metrics.txt"
+    )))
 }
 
 pub fn kube_controller_manager() -> Bytes {
@@ -25,12 +28,14 @@ pub fn kube_controller_manager() -> Bytes {
 
 pub fn kube_proxy() -> Bytes {
     static P: OnceLock<Bytes> = OnceLock::new();
-    P.get_or_init(|| Bytes::from(generate(KUBE_PROXY_PAYLOAD_BYTES, KUBE_PROXY_FAMILIES))).clone()
+    P.get_or_init(|| Bytes::from(generate(KUBE_PROXY_PAYLOAD_BYTES, KUBE_PROXY_FAMILIES)))
+        .clone()
 }
 
 pub fn etcd() -> Bytes {
     static P: OnceLock<Bytes> = OnceLock::new();
-    P.get_or_init(|| Bytes::from(generate(ETCD_PAYLOAD_BYTES, ETCD_FAMILIES))).clone()
+    P.get_or_init(|| Bytes::from(generate(ETCD_PAYLOAD_BYTES, ETCD_FAMILIES)))
+        .clone()
 }
 
 enum Kind {
@@ -46,25 +51,105 @@ struct Family {
     label: Option<(&'static str, &'static [&'static str])>,
 }
 
-const fn fam(name: &'static str, help: &'static str, kind: Kind, label: Option<(&'static str, &'static [&'static str])>) -> Family {
-    Family { name, help, kind, label }
+const fn fam(
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    label: Option<(&'static str, &'static [&'static str])>,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        label,
+    }
 }
 
 const KUBE_PROXY_FAMILIES: &[Family] = &[
-    fam("kubeproxy_sync_proxy_rules_duration_seconds", "[ALPHA] SyncProxyRules latency in seconds", Kind::Histogram, None),
-    fam("kubeproxy_network_programming_duration_seconds", "[ALPHA] In Cluster Network Programming Latency in seconds", Kind::Histogram, None),
-    fam("kubeproxy_sync_full_proxy_rules_duration_seconds", "[ALPHA] SyncProxyRules latency in seconds for full resyncs", Kind::Histogram, None),
-    fam("kubeproxy_sync_partial_proxy_rules_duration_seconds", "[ALPHA] SyncProxyRules latency in seconds for partial resyncs", Kind::Histogram, None),
-    fam("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "[ALPHA] The last time proxy rules were successfully synced", Kind::Gauge, None),
-    fam("kubeproxy_sync_proxy_rules_endpoint_changes_total", "[ALPHA] Cumulative proxy rules Endpoint changes", Kind::Counter, None),
-    fam("kubeproxy_sync_proxy_rules_service_changes_total", "[ALPHA] Cumulative proxy rules Service changes", Kind::Counter, None),
-    fam("kubeproxy_sync_proxy_rules_iptables_total", "[ALPHA] Total number of iptables rules owned by kube-proxy", Kind::Gauge, Some(("table", &["filter", "nat"]))),
-    fam("kubeproxy_sync_proxy_rules_no_local_endpoints_total", "[ALPHA] Number of services with a Local traffic policy and no endpoints", Kind::Gauge, Some(("traffic_policy", &["internal", "external"]))),
-    fam("rest_client_requests_total", "[ALPHA] Number of HTTP requests, partitioned by status code, method, and host.", Kind::Counter, Some(("code", &["200", "201", "404", "409"]))),
-    fam("rest_client_request_duration_seconds", "[ALPHA] Request latency in seconds. Broken down by verb, and host.", Kind::Histogram, Some(("verb", &["GET", "POST", "PATCH"]))),
-    fam("go_gc_duration_seconds", "A summary of the pause duration of garbage collection cycles.", Kind::Gauge, Some(("quantile", &["0", "0.25", "0.5", "0.75", "1"]))),
-    fam("go_goroutines", "Number of goroutines that currently exist.", Kind::Gauge, None),
-    fam("process_resident_memory_bytes", "Resident memory size in bytes.", Kind::Gauge, None),
+    fam(
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "[ALPHA] SyncProxyRules latency in seconds",
+        Kind::Histogram,
+        None,
+    ),
+    fam(
+        "kubeproxy_network_programming_duration_seconds",
+        "[ALPHA] In Cluster Network Programming Latency in seconds",
+        Kind::Histogram,
+        None,
+    ),
+    fam(
+        "kubeproxy_sync_full_proxy_rules_duration_seconds",
+        "[ALPHA] SyncProxyRules latency in seconds for full resyncs",
+        Kind::Histogram,
+        None,
+    ),
+    fam(
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+        "[ALPHA] SyncProxyRules latency in seconds for partial resyncs",
+        Kind::Histogram,
+        None,
+    ),
+    fam(
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "[ALPHA] The last time proxy rules were successfully synced",
+        Kind::Gauge,
+        None,
+    ),
+    fam(
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        "[ALPHA] Cumulative proxy rules Endpoint changes",
+        Kind::Counter,
+        None,
+    ),
+    fam(
+        "kubeproxy_sync_proxy_rules_service_changes_total",
+        "[ALPHA] Cumulative proxy rules Service changes",
+        Kind::Counter,
+        None,
+    ),
+    fam(
+        "kubeproxy_sync_proxy_rules_iptables_total",
+        "[ALPHA] Total number of iptables rules owned by kube-proxy",
+        Kind::Gauge,
+        Some(("table", &["filter", "nat"])),
+    ),
+    fam(
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+        "[ALPHA] Number of services with a Local traffic policy and no endpoints",
+        Kind::Gauge,
+        Some(("traffic_policy", &["internal", "external"])),
+    ),
+    fam(
+        "rest_client_requests_total",
+        "[ALPHA] Number of HTTP requests, partitioned by status code, method, and host.",
+        Kind::Counter,
+        Some(("code", &["200", "201", "404", "409"])),
+    ),
+    fam(
+        "rest_client_request_duration_seconds",
+        "[ALPHA] Request latency in seconds. Broken down by verb, and host.",
+        Kind::Histogram,
+        Some(("verb", &["GET", "POST", "PATCH"])),
+    ),
+    fam(
+        "go_gc_duration_seconds",
+        "A summary of the pause duration of garbage collection cycles.",
+        Kind::Gauge,
+        Some(("quantile", &["0", "0.25", "0.5", "0.75", "1"])),
+    ),
+    fam(
+        "go_goroutines",
+        "Number of goroutines that currently exist.",
+        Kind::Gauge,
+        None,
+    ),
+    fam(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        Kind::Gauge,
+        None,
+    ),
 ];
 
 const ETCD_FAMILIES: &[Family] = &[
@@ -87,7 +172,10 @@ const ETCD_FAMILIES: &[Family] = &[
     fam("process_resident_memory_bytes", "Resident memory size in bytes.", Kind::Gauge, None),
 ];
 
-const BUCKETS: &[&str] = &["0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512", "1.024", "2.048", "4.096", "8.192", "+Inf"];
+const BUCKETS: &[&str] = &[
+    "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512",
+    "1.024", "2.048", "4.096", "8.192", "+Inf",
+];
 
 /// A tiny deterministic PRNG (xorshift): plausible, reproducible sample values.
 struct Rng(u64);
@@ -107,7 +195,11 @@ fn generate(target: usize, families: &[Family]) -> Vec<u8> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     'outer: for pass in 0.. {
         for f in families {
-            let name = if pass == 0 { f.name.to_string() } else { format!("{}_shard{pass}", f.name) };
+            let name = if pass == 0 {
+                f.name.to_string()
+            } else {
+                format!("{}_shard{pass}", f.name)
+            };
             let mut block = String::new();
             render(&mut block, &name, f, &mut rng);
             if out.len() + block.len() + 200 > target {
@@ -146,12 +238,25 @@ fn render(out: &mut String, name: &str, f: &Family, rng: &mut Rng) {
                     let sep = if l.is_empty() { "" } else { "," };
                     let _ = writeln!(out, "{name}_bucket{{{l}{sep}le=\"{b}\"}} {cum}");
                 }
-                let braces = if l.is_empty() { String::new() } else { format!("{{{l}}}") };
-                let _ = writeln!(out, "{name}_sum{braces} {}.{:03}", rng.next() % 1000, rng.next() % 1000);
+                let braces = if l.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{l}}}")
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{braces} {}.{:03}",
+                    rng.next() % 1000,
+                    rng.next() % 1000
+                );
                 let _ = writeln!(out, "{name}_count{braces} {cum}");
             }
             _ => {
-                let braces = if l.is_empty() { String::new() } else { format!("{{{l}}}") };
+                let braces = if l.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{l}}}")
+                };
                 let _ = writeln!(out, "{name}{braces} {}", rng.next() % 100_000);
             }
         }
@@ -174,7 +279,10 @@ mod tests {
         assert!(p.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"+Inf\"}"));
         // Every line is a comment or `name{labels} value`.
         for line in e.lines().chain(p.lines()) {
-            assert!(line.starts_with("# ") || line.split(' ').count() == 2, "{line}");
+            assert!(
+                line.starts_with("# ") || line.split(' ').count() == 2,
+                "{line}"
+            );
         }
         assert_eq!(etcd(), etcd()); // deterministic within a run; values come from a fixed seed
     }

@@ -68,7 +68,10 @@ pub struct ClusterRoleBinding {
 /// What is being asked for, as in a SubjectAccessReview spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attributes {
-    NonResource { path: String, verb: String },
+    NonResource {
+        path: String,
+        verb: String,
+    },
     Resource {
         namespace: String,
         verb: String,
@@ -93,7 +96,10 @@ impl Attributes {
     }
 
     pub fn non_resource(verb: &str, path: &str) -> Self {
-        Attributes::NonResource { path: path.into(), verb: verb.into() }
+        Attributes::NonResource {
+            path: path.into(),
+            verb: verb.into(),
+        }
     }
 }
 
@@ -117,8 +123,10 @@ impl Rbac {
     pub fn load(paths: &[PathBuf]) -> anyhow::Result<Self> {
         let mut rbac = Rbac::default();
         for p in paths {
-            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
-            rbac.add_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+            rbac.add_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         }
         Ok(rbac)
     }
@@ -132,8 +140,14 @@ impl Rbac {
     pub fn add_yaml(&mut self, text: &str) -> anyhow::Result<()> {
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
             let value = serde_yaml_ng::Value::deserialize(doc)?;
-            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-            let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default();
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
+            let api_version = value
+                .get("apiVersion")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
             if api_version != "rbac.authorization.k8s.io/v1" {
                 continue;
             }
@@ -179,34 +193,55 @@ impl Rbac {
                 };
             }
         }
-        Decision { allowed: false, reason: None }
+        Decision {
+            allowed: false,
+            reason: None,
+        }
     }
 
     /// Whether `user` may `verb` the cluster-scoped `resource` of `api_group` (the check the
     /// apiserver makes on the caller of a review).
-    pub fn can(&self, user: &str, groups: &[String], verb: &str, api_group: &str, resource: &str) -> bool {
-        self.authorize(user, groups, &Attributes::resource(verb, api_group, resource)).allowed
+    pub fn can(
+        &self,
+        user: &str,
+        groups: &[String],
+        verb: &str,
+        api_group: &str,
+        resource: &str,
+    ) -> bool {
+        self.authorize(
+            user,
+            groups,
+            &Attributes::resource(verb, api_group, resource),
+        )
+        .allowed
     }
 }
 
 /// `manifests/rbac.yaml` and `manifests/examples/prometheus-metrics-reader-binding.yaml`.
 pub fn default_rbac_files() -> Vec<PathBuf> {
     let manifests = manifests_dir();
-    vec![manifests.join("rbac.yaml"), manifests.join("examples/prometheus-metrics-reader-binding.yaml")]
+    vec![
+        manifests.join("rbac.yaml"),
+        manifests.join("examples/prometheus-metrics-reader-binding.yaml"),
+    ]
 }
 
 /// The repository's manifests/ directory.
 pub fn manifests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("manifests")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("manifests")
 }
 
 fn applies_to(s: &Subject, user: &str, groups: &[String]) -> bool {
     match s.kind.as_str() {
         "ServiceAccount" => {
-            !s.namespace.is_empty() && user == format!("system:serviceaccount:{}:{}", s.namespace, s.name)
+            !s.namespace.is_empty()
+                && user == format!("system:serviceaccount:{}:{}", s.namespace, s.name)
         }
         "User" => s.name == user,
-        "Group" => groups.iter().any(|g| *g == s.name),
+        "Group" => groups.contains(&s.name),
         _ => false,
     }
 }
@@ -227,20 +262,36 @@ fn rule_allows(r: &PolicyRule, attrs: &Attributes) -> bool {
         Attributes::NonResource { path, verb } => {
             has(&r.verbs, verb)
                 && r.non_resource_urls.iter().any(|u| {
-                    u == "*" || u == path || u.strip_suffix('*').is_some_and(|prefix| path.starts_with(prefix))
+                    u == "*"
+                        || u == path
+                        || u.strip_suffix('*')
+                            .is_some_and(|prefix| path.starts_with(prefix))
                 })
         }
-        Attributes::Resource { verb, group, resource, subresource, name, .. } => {
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            name,
+            ..
+        } => {
             if !has(&r.verbs, verb) || !has(&r.api_groups, group) {
                 return false;
             }
-            let combined = if subresource.is_empty() { resource.clone() } else { format!("{resource}/{subresource}") };
+            let combined = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
             let resource_ok = r.resources.iter().any(|x| {
                 x == "*"
                     || *x == combined
-                    || (!subresource.is_empty() && x.strip_prefix("*/").is_some_and(|sub| sub == subresource))
+                    || (!subresource.is_empty()
+                        && x.strip_prefix("*/").is_some_and(|sub| sub == subresource))
             });
-            resource_ok && (r.resource_names.is_empty() || r.resource_names.iter().any(|n| n == name))
+            resource_ok
+                && (r.resource_names.is_empty() || r.resource_names.iter().any(|n| n == name))
         }
     }
 }
@@ -266,13 +317,31 @@ mod tests {
             Some("RBAC: allowed by ClusterRoleBinding \"prometheus-server-metrics-reader\" of ClusterRole \"metrics-reader\" to ServiceAccount \"prometheus-server/observability\"")
         );
         let (u, g) = sa("observability", "nobody");
-        assert_eq!(rbac.authorize(&u, &g, &metrics), Decision { allowed: false, reason: None });
-        let anon = rbac.authorize("system:anonymous", &["system:unauthenticated".into()], &metrics);
+        assert_eq!(
+            rbac.authorize(&u, &g, &metrics),
+            Decision {
+                allowed: false,
+                reason: None
+            }
+        );
+        let anon = rbac.authorize(
+            "system:anonymous",
+            &["system:unauthenticated".into()],
+            &metrics,
+        );
         assert!(!anon.allowed);
         // Only get, only /metrics.
         let (u, g) = sa("observability", "prometheus-server");
-        assert!(!rbac.authorize(&u, &g, &Attributes::non_resource("post", "/metrics")).allowed);
-        assert!(!rbac.authorize(&u, &g, &Attributes::non_resource("get", "/metrics/slis")).allowed);
+        assert!(
+            !rbac
+                .authorize(&u, &g, &Attributes::non_resource("post", "/metrics"))
+                .allowed
+        );
+        assert!(
+            !rbac
+                .authorize(&u, &g, &Attributes::non_resource("get", "/metrics/slis"))
+                .allowed
+        );
         assert!(!rbac.can(&u, &g, "create", "authentication.k8s.io", "tokenreviews"));
     }
 
@@ -281,11 +350,26 @@ mod tests {
         let rbac = Rbac::shipped().unwrap();
         let (u, g) = sa("metrics-gate", "metrics-gate");
         assert!(rbac.can(&u, &g, "create", "authentication.k8s.io", "tokenreviews"));
-        assert!(rbac.can(&u, &g, "create", "authorization.k8s.io", "subjectaccessreviews"));
-        assert!(!rbac.can(&u, &g, "create", "authorization.k8s.io", "localsubjectaccessreviews"));
+        assert!(rbac.can(
+            &u,
+            &g,
+            "create",
+            "authorization.k8s.io",
+            "subjectaccessreviews"
+        ));
+        assert!(!rbac.can(
+            &u,
+            &g,
+            "create",
+            "authorization.k8s.io",
+            "localsubjectaccessreviews"
+        ));
         assert!(!rbac.can(&u, &g, "get", "authentication.k8s.io", "tokenreviews"));
         // Envoy presents the proxy's own token to kube-scheduler/kube-controller-manager upstream.
-        assert!(rbac.authorize(&u, &g, &Attributes::non_resource("get", "/metrics")).allowed);
+        assert!(
+            rbac.authorize(&u, &g, &Attributes::non_resource("get", "/metrics"))
+                .allowed
+        );
         // Same name in another namespace is someone else.
         let (u, g) = sa("default", "metrics-gate");
         assert!(!rbac.can(&u, &g, "create", "authentication.k8s.io", "tokenreviews"));
@@ -328,12 +412,32 @@ subjects: [{kind: Group, name: ops, apiGroup: rbac.authorization.k8s.io}]
         rbac.add_yaml(yaml).unwrap();
         assert_eq!(rbac.roles.len(), 1);
         let none: Vec<String> = vec![];
-        let d = rbac.authorize("alice", &none, &Attributes::non_resource("post", "/debug/pprof/heap"));
+        let d = rbac.authorize(
+            "alice",
+            &none,
+            &Attributes::non_resource("post", "/debug/pprof/heap"),
+        );
         assert_eq!(d.reason.unwrap(), "RBAC: allowed by ClusterRoleBinding \"to-user\" of ClusterRole \"wide\" to User \"alice\"");
-        assert!(!rbac.authorize("alice", &none, &Attributes::non_resource("get", "/debug")).allowed);
-        let d = rbac.authorize("bob", &["ops".into()], &Attributes::resource("list", "apps", "deployments"));
+        assert!(
+            !rbac
+                .authorize("alice", &none, &Attributes::non_resource("get", "/debug"))
+                .allowed
+        );
+        let d = rbac.authorize(
+            "bob",
+            &["ops".into()],
+            &Attributes::resource("list", "apps", "deployments"),
+        );
         assert_eq!(d.reason.unwrap(), "RBAC: allowed by ClusterRoleBinding \"to-group\" of ClusterRole \"wide\" to Group \"ops\"");
-        assert!(!rbac.authorize("bob", &none, &Attributes::resource("list", "apps", "deployments")).allowed);
+        assert!(
+            !rbac
+                .authorize(
+                    "bob",
+                    &none,
+                    &Attributes::resource("list", "apps", "deployments")
+                )
+                .allowed
+        );
         let proxy = |name: &str, sub: &str| Attributes::Resource {
             namespace: "kube-system".into(),
             verb: "get".into(),
@@ -342,9 +446,23 @@ subjects: [{kind: Group, name: ops, apiGroup: rbac.authorization.k8s.io}]
             subresource: sub.into(),
             name: name.into(),
         };
-        assert!(rbac.authorize("alice", &none, &proxy("kube-dns", "proxy")).allowed);
-        assert!(rbac.authorize("alice", &none, &proxy("kube-dns", "metrics")).allowed);
-        assert!(!rbac.authorize("alice", &none, &proxy("other", "proxy")).allowed);
-        assert!(!rbac.authorize("alice", &none, &proxy("kube-dns", "")).allowed);
+        assert!(
+            rbac.authorize("alice", &none, &proxy("kube-dns", "proxy"))
+                .allowed
+        );
+        assert!(
+            rbac.authorize("alice", &none, &proxy("kube-dns", "metrics"))
+                .allowed
+        );
+        assert!(
+            !rbac
+                .authorize("alice", &none, &proxy("other", "proxy"))
+                .allowed
+        );
+        assert!(
+            !rbac
+                .authorize("alice", &none, &proxy("kube-dns", ""))
+                .allowed
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -52,9 +52,16 @@ impl TestCa {
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&key).expect("self-signing the CA");
-        TestCa { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
     }
 
     /// The CA certificate, PEM.
@@ -66,15 +73,23 @@ impl TestCa {
     pub fn issue_server(&self, dns_names: &[&str], ips: &[IpAddr]) -> ServerCert {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, dns_names.first().copied().unwrap_or("localhost"));
+        dn.push(
+            DnType::CommonName,
+            dns_names.first().copied().unwrap_or("localhost"),
+        );
         params.distinguished_name = dn;
         for name in dns_names {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName((*name).try_into().expect("DNS SAN must be IA5")));
+            params.subject_alt_names.push(SanType::DnsName(
+                (*name).try_into().expect("DNS SAN must be IA5"),
+            ));
         }
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params)
     }
@@ -95,8 +110,13 @@ impl TestCa {
 
     fn sign(&self, params: CertificateParams) -> ServerCert {
         let key = KeyPair::generate().expect("generating a leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signing a leaf");
-        ServerCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signing a leaf");
+        ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 
     /// Writes the CA certificate to `dir/file_name`.
@@ -140,7 +160,9 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> anyhow::Result<Arc<rustls
     install_crypto_provider();
     let certs = parse_certs(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-    let mut cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -156,7 +178,11 @@ pub fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> 
     for c in parse_certs(ca_pem)? {
         roots.add(c)?;
     }
-    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 pub fn tls_connector(ca_pem: &str) -> anyhow::Result<TlsConnector> {
@@ -191,7 +217,11 @@ mod tests {
         });
         for host in ["kubernetes.default.svc", "127.0.0.1"] {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut tls = tls_connector(ca.cert_pem()).unwrap().connect(server_name(host).unwrap(), tcp).await.unwrap();
+            let mut tls = tls_connector(ca.cert_pem())
+                .unwrap()
+                .connect(server_name(host).unwrap(), tcp)
+                .await
+                .unwrap();
             let mut buf = Vec::new();
             tls.read_to_end(&mut buf).await.unwrap();
             assert_eq!(buf, b"hi");
@@ -212,7 +242,9 @@ mod tests {
         let ca = TestCa::new("x");
         let leaf = ca.issue_client("alice", &["team-a"]);
         let (c, k) = leaf.write_to(dir.path(), "alice").unwrap();
-        assert!(fs::read_to_string(c).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(fs::read_to_string(c)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(fs::read_to_string(k).unwrap().contains("PRIVATE KEY"));
         assert!(ca.write_cert(dir.path(), "ca.crt").unwrap().exists());
     }

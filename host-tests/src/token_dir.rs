@@ -38,8 +38,13 @@ impl TokenDir {
 
     /// A directory in the system temp dir, removed on drop.
     pub fn temp() -> io::Result<Self> {
-        let t = tempfile::Builder::new().prefix("metrics-gate-token-").tempdir()?;
-        Ok(TokenDir { root: t.path().to_path_buf(), _temp: Some(t) })
+        let t = tempfile::Builder::new()
+            .prefix("metrics-gate-token-")
+            .tempdir()?;
+        Ok(TokenDir {
+            root: t.path().to_path_buf(),
+            _temp: Some(t),
+        })
     }
 
     /// The volume's directory (what Envoy's `watched_directory` points at).
@@ -58,18 +63,27 @@ impl TokenDir {
 
     /// The current data directory's name (`..<timestamp>`), if written.
     pub fn current_generation(&self) -> Option<String> {
-        fs::read_link(self.root.join(DATA)).ok().map(|p| p.to_string_lossy().into_owned())
+        fs::read_link(self.root.join(DATA))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
     }
 
     /// Replaces the whole payload with `files` (flat names), atomically, like kubelet.
     pub fn write(&self, files: &[(&str, &[u8])]) -> io::Result<()> {
         for (name, _) in files {
             if name.is_empty() || name.contains('/') || name.starts_with("..") {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad file name {name:?}")));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad file name {name:?}"),
+                ));
             }
         }
         let old_ts = self.current_generation();
-        let old_names = old_ts.as_ref().map(|ts| list_names(&self.root.join(ts))).transpose()?.unwrap_or_default();
+        let old_names = old_ts
+            .as_ref()
+            .map(|ts| list_names(&self.root.join(ts)))
+            .transpose()?
+            .unwrap_or_default();
 
         // 1. the new generation
         let ts_name = new_ts_name();
@@ -140,27 +154,40 @@ mod tests {
     #[test]
     fn layout_and_rotation_match_kubelet() {
         let d = TokenDir::temp().unwrap();
-        d.write(&[("token", b"one"), ("sds.yaml", b"resources: []\n")]).unwrap();
+        d.write(&[("token", b"one"), ("sds.yaml", b"resources: []\n")])
+            .unwrap();
         let gen1 = d.current_generation().unwrap();
         assert!(gen1.starts_with("..20"), "{gen1}");
-        assert_eq!(fs::read_link(d.file("token")).unwrap(), Path::new("..data/token"));
-        assert_eq!(fs::read_link(d.file("sds.yaml")).unwrap(), Path::new("..data/sds.yaml"));
+        assert_eq!(
+            fs::read_link(d.file("token")).unwrap(),
+            Path::new("..data/token")
+        );
+        assert_eq!(
+            fs::read_link(d.file("sds.yaml")).unwrap(),
+            Path::new("..data/sds.yaml")
+        );
         assert_eq!(d.read("token").unwrap(), b"one");
 
-        d.write(&[("token", b"two"), ("sds.yaml", b"resources: []\n")]).unwrap();
+        d.write(&[("token", b"two"), ("sds.yaml", b"resources: []\n")])
+            .unwrap();
         let gen2 = d.current_generation().unwrap();
         assert_ne!(gen1, gen2);
         assert_eq!(d.read("token").unwrap(), b"two");
         assert!(!d.path().join(&gen1).exists(), "old generation removed");
         assert!(!d.path().join(DATA_TMP).exists());
         // The user-visible symlink itself is untouched by a rotation: only ..data moves.
-        assert_eq!(fs::read_link(d.file("token")).unwrap(), Path::new("..data/token"));
+        assert_eq!(
+            fs::read_link(d.file("token")).unwrap(),
+            Path::new("..data/token")
+        );
 
         // Dropping a file removes its symlink.
         d.write(&[("token", b"three")]).unwrap();
         assert!(fs::symlink_metadata(d.file("sds.yaml")).is_err());
-        let mut entries: Vec<String> =
-            fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut entries: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         entries.sort();
         assert_eq!(entries.len(), 3, "{entries:?}"); // ..<ts>, ..data, token
         assert!(d.write(&[("../x", b"")]).is_err());

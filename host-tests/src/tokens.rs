@@ -43,22 +43,41 @@ impl ServiceAccount {
         b[6] = (b[6] & 0x0f) | 0x40; // version 4
         b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
         let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+        let uid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
         Self::with_uid(namespace, name, &uid)
     }
 
     pub fn with_uid(namespace: &str, name: &str, uid: &str) -> Self {
-        ServiceAccount { namespace: namespace.into(), name: name.into(), uid: uid.into() }
+        ServiceAccount {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
     }
 
     /// observability/prometheus-server with the uid of the reference captures.
     pub fn prometheus_server() -> Self {
-        Self::with_uid("observability", "prometheus-server", "e2a1121a-9135-4ae6-a12c-ae79aa2a43a2")
+        Self::with_uid(
+            "observability",
+            "prometheus-server",
+            "e2a1121a-9135-4ae6-a12c-ae79aa2a43a2",
+        )
     }
 
     /// observability/nobody (authenticates, has no binding) with the uid of the reference captures.
     pub fn nobody() -> Self {
-        Self::with_uid("observability", "nobody", "79970fe2-8f03-482a-9d74-d346daaf7761")
+        Self::with_uid(
+            "observability",
+            "nobody",
+            "79970fe2-8f03-482a-9d74-d346daaf7761",
+        )
     }
 
     /// The proxy's own ServiceAccount (manifests/rbac.yaml).
@@ -92,7 +111,10 @@ pub struct TokenOptions {
 
 impl Default for TokenOptions {
     fn default() -> Self {
-        TokenOptions { audiences: apiserver_audiences(), lifetime: 3600 }
+        TokenOptions {
+            audiences: apiserver_audiences(),
+            lifetime: 3600,
+        }
     }
 }
 
@@ -181,7 +203,10 @@ pub enum TokenError {
     WrongIssuer(String),
     /// Claims decode but are not a ServiceAccount token (`sub`/`kubernetes.io` inconsistent).
     NotAServiceAccount,
-    AudienceMismatch { token_audiences: Vec<String>, target_audiences: Vec<String> },
+    AudienceMismatch {
+        token_audiences: Vec<String>,
+        target_audiences: Vec<String>,
+    },
 }
 
 impl TokenError {
@@ -193,9 +218,16 @@ impl TokenError {
             | TokenError::WrongAlgorithm(_)
             | TokenError::WrongIssuer(_)
             | TokenError::NotAServiceAccount => "invalid bearer token".into(),
-            TokenError::Expired => "[invalid bearer token, service account token has expired]".into(),
-            TokenError::NotYetValid => "[invalid bearer token, service account token is not valid yet]".into(),
-            TokenError::AudienceMismatch { token_audiences, target_audiences } => format!(
+            TokenError::Expired => {
+                "[invalid bearer token, service account token has expired]".into()
+            }
+            TokenError::NotYetValid => {
+                "[invalid bearer token, service account token is not valid yet]".into()
+            }
+            TokenError::AudienceMismatch {
+                token_audiences,
+                target_audiences,
+            } => format!(
                 "[invalid bearer token, token audiences {} is invalid for the target audiences {}]",
                 go_quoted_list(token_audiences),
                 go_quoted_list(target_audiences)
@@ -214,7 +246,10 @@ impl std::error::Error for TokenError {}
 
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
 pub fn go_quoted_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
     format!("[{}]", quoted.join(" "))
 }
 
@@ -250,11 +285,19 @@ impl TokenIssuer {
         let pem = key.to_pkcs1_pem(LineEnding::LF).expect("encoding RSA key");
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("RSA PEM accepted");
         let public = key.to_public_key();
-        let decoding = DecodingKey::from_rsa_raw_components(&public.n().to_bytes_be(), &public.e().to_bytes_be());
-        let public_key_pem = public.to_public_key_pem(LineEnding::LF).expect("encoding public key");
+        let decoding = DecodingKey::from_rsa_raw_components(
+            &public.n().to_bytes_be(),
+            &public.e().to_bytes_be(),
+        );
+        let public_key_pem = public
+            .to_public_key_pem(LineEnding::LF)
+            .expect("encoding public key");
         // Like kube-apiserver: kid = base64url(sha256(DER of the public key)).
         let der = public.to_public_key_der().expect("public key DER");
-        let kid = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, Sha256::digest(der.as_bytes()));
+        let kid = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            Sha256::digest(der.as_bytes()),
+        );
         TokenIssuer {
             encoding,
             decoding,
@@ -288,7 +331,10 @@ impl TokenIssuer {
             iss: self.issuer.clone(),
             kubernetes: KubernetesClaims {
                 namespace: sa.namespace.clone(),
-                serviceaccount: SaRef { name: sa.name.clone(), uid: sa.uid.clone() },
+                serviceaccount: SaRef {
+                    name: sa.name.clone(),
+                    uid: sa.uid.clone(),
+                },
             },
             nbf: now.min(now + opts.lifetime),
             sub: sa.username(),
@@ -298,21 +344,30 @@ impl TokenIssuer {
 
     /// Mints a token with arbitrary claims (wrong issuer, odd `aud`, …) signed by this issuer.
     pub fn mint_claims<T: Serialize>(&self, claims: &T) -> String {
+        // Kubernetes' tokens carry only `alg` and `kid` in their header (no `typ`).
         let mut header = Header::new(Algorithm::RS256);
+        header.typ = None;
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("RS256 signing")
     }
 
     /// Verifies `token` for `target_audiences` (empty = the apiserver's own audiences).
-    pub fn verify(&self, token: &str, target_audiences: &[String]) -> Result<VerifiedUser, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        target_audiences: &[String],
+    ) -> Result<VerifiedUser, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::RS256 {
             return Err(TokenError::WrongAlgorithm(format!("{:?}", header.alg)));
         }
         // Issuer first: the ServiceAccount authenticator skips tokens of other issuers.
-        let unverified: serde_json::Value =
-            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| TokenError::Malformed)?;
-        let iss = unverified.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
+        let unverified: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| TokenError::Malformed)?;
+        let iss = unverified
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if iss != self.issuer {
             return Err(TokenError::WrongIssuer(iss.to_string()));
         }
@@ -322,10 +377,13 @@ impl TokenIssuer {
         v.validate_nbf = false;
         v.validate_aud = false; // intersected below, like the apiserver
         v.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-            _ => TokenError::Malformed,
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    _ => TokenError::Malformed,
+                }
+            })?;
         let c = data.claims;
         let now = unix_now();
         if now >= c.exp {
@@ -341,14 +399,28 @@ impl TokenIssuer {
         if c.sub != expected_sub {
             return Err(TokenError::NotAServiceAccount);
         }
-        let targets: Vec<String> =
-            if target_audiences.is_empty() { self.api_audiences.clone() } else { target_audiences.to_vec() };
+        let targets: Vec<String> = if target_audiences.is_empty() {
+            self.api_audiences.clone()
+        } else {
+            target_audiences.to_vec()
+        };
         let token_auds = c.aud.to_vec();
-        let audiences: Vec<String> = targets.iter().filter(|t| token_auds.contains(t)).cloned().collect();
+        let audiences: Vec<String> = targets
+            .iter()
+            .filter(|t| token_auds.contains(t))
+            .cloned()
+            .collect();
         if audiences.is_empty() {
-            return Err(TokenError::AudienceMismatch { token_audiences: token_auds, target_audiences: targets });
+            return Err(TokenError::AudienceMismatch {
+                token_audiences: token_auds,
+                target_audiences: targets,
+            });
         }
-        let sa = ServiceAccount::with_uid(&c.kubernetes.namespace, &c.kubernetes.serviceaccount.name, &c.kubernetes.serviceaccount.uid);
+        let sa = ServiceAccount::with_uid(
+            &c.kubernetes.namespace,
+            &c.kubernetes.serviceaccount.name,
+            &c.kubernetes.serviceaccount.uid,
+        );
         Ok(VerifiedUser {
             username: sa.username(),
             uid: sa.uid.clone(),
@@ -371,7 +443,10 @@ fn generate_key() -> RsaPrivateKey {
 
 /// Hex SHA-256 of a token: how recordings refer to tokens without holding them.
 pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -388,15 +463,29 @@ mod tests {
         let sa = ServiceAccount::prometheus_server();
         let t = issuer.mint(&sa, TokenOptions::default());
         let u = issuer.verify(&t, &[]).unwrap();
-        assert_eq!(u.username, "system:serviceaccount:observability:prometheus-server");
+        assert_eq!(
+            u.username,
+            "system:serviceaccount:observability:prometheus-server"
+        );
         assert_eq!(u.uid, "e2a1121a-9135-4ae6-a12c-ae79aa2a43a2");
-        assert_eq!(u.groups, aud(&["system:serviceaccounts", "system:serviceaccounts:observability", "system:authenticated"]));
+        assert_eq!(
+            u.groups,
+            aud(&[
+                "system:serviceaccounts",
+                "system:serviceaccounts:observability",
+                "system:authenticated"
+            ])
+        );
         assert_eq!(u.audiences, aud(&[APISERVER_ISSUER]));
         let header = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(header.alg, Algorithm::RS256);
         assert!(header.kid.is_some());
-        let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(&t).unwrap();
-        assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "prometheus-server");
+        let claims: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(&t).unwrap();
+        assert_eq!(
+            claims["kubernetes.io"]["serviceaccount"]["name"],
+            "prometheus-server"
+        );
         assert_eq!(claims["iss"], APISERVER_ISSUER);
         assert!(claims["exp"].as_i64().unwrap() > unix_now());
     }
@@ -426,11 +515,18 @@ mod tests {
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert!(matches!(issuer.verify(&hs, &[]), Err(TokenError::WrongAlgorithm(_))));
+        assert!(matches!(
+            issuer.verify(&hs, &[]),
+            Err(TokenError::WrongAlgorithm(_))
+        ));
         // Another issuer's RS256 token.
-        let mut c: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(&good).unwrap();
+        let mut c: serde_json::Value =
+            jsonwebtoken::dangerous::insecure_decode_claims(&good).unwrap();
         c["iss"] = "https://oidc.example".into();
-        assert!(matches!(issuer.verify(&issuer.mint_claims(&c), &[]), Err(TokenError::WrongIssuer(_))));
+        assert!(matches!(
+            issuer.verify(&issuer.mint_claims(&c), &[]),
+            Err(TokenError::WrongIssuer(_))
+        ));
     }
 
     #[test]
@@ -444,11 +540,19 @@ mod tests {
             err.review_error(),
             "[invalid bearer token, token audiences [\"https://kubernetes.default.svc.cluster.local\"] is invalid for the target audiences [\"prometheus\"]]"
         );
-        let t2 = issuer.mint(&sa, TokenOptions::default().audiences(&["prometheus", "metrics-gate"]));
-        let u = issuer.verify(&t2, &aud(&["metrics-gate", "other"])).unwrap();
+        let t2 = issuer.mint(
+            &sa,
+            TokenOptions::default().audiences(&["prometheus", "metrics-gate"]),
+        );
+        let u = issuer
+            .verify(&t2, &aud(&["metrics-gate", "other"]))
+            .unwrap();
         assert_eq!(u.audiences, aud(&["metrics-gate"]));
         // A token for a custom audience is not valid for the apiserver itself.
-        assert!(matches!(issuer.verify(&t2, &[]), Err(TokenError::AudienceMismatch { .. })));
+        assert!(matches!(
+            issuer.verify(&t2, &[]),
+            Err(TokenError::AudienceMismatch { .. })
+        ));
     }
 
     #[test]
