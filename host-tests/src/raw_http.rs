@@ -45,11 +45,41 @@ pub fn request(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
+    // Read only as far as the answer goes: waiting for EOF would add Envoy's delayed-close
+    // timeout (1 s) to every locally answered request.
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to {method} {target}"))?;
-    parse(&raw, method == "HEAD")
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if let Some(response) = complete(&raw, method == "HEAD")? {
+            return Ok(response);
+        }
+        let n = stream.read(&mut buf).with_context(|| format!("reading the answer to {method} {target}"))?;
+        if n == 0 {
+            return parse(&raw, method == "HEAD");
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The response, once `raw` holds all of it (by content-length or the last chunk).
+fn complete(raw: &[u8], head_only: bool) -> anyhow::Result<Option<Response>> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    let length = head
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let done = if head_only {
+        true
+    } else if let Some(length) = length {
+        body.len() >= length
+    } else if head.contains("transfer-encoding: chunked") {
+        body.ends_with(b"0\r\n\r\n")
+    } else {
+        false
+    };
+    if done { parse(raw, head_only).map(Some) } else { Ok(None) }
 }
 
 fn parse(raw: &[u8], head_only: bool) -> anyhow::Result<Response> {
