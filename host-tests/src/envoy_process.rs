@@ -180,6 +180,8 @@ impl EnvoyProcess {
             .arg(&log_path)
             .arg("--admin-address-path")
             .arg(dir.path().join("admin-address"))
+            // The log file is flushed every 10 s by default; tests read it while Envoy runs.
+            .args(["--file-flush-interval-msec", "50"])
             .args(&opts.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
