@@ -62,7 +62,7 @@ pub fn kind_of(preset: Preset) -> ComponentKind {
     }
 }
 
-/// How to start a [`TestStack`].
+/// How to start a [`LocalStack`].
 #[derive(Clone, Debug)]
 pub struct StackOptions {
     pub presets: Vec<Preset>,
@@ -87,7 +87,7 @@ impl Default for StackOptions {
     }
 }
 
-pub struct TestStack {
+pub struct LocalStack {
     pub apiserver: MockApiserver,
     pub components: Vec<(Preset, FakeComponent)>,
     pub envoy: EnvoyProcess,
@@ -99,13 +99,13 @@ pub struct TestStack {
     _files: tempfile::TempDir,
 }
 
-impl TestStack {
+impl LocalStack {
     /// All four components, default plugin configuration, ephemeral ports.
-    pub fn start() -> anyhow::Result<TestStack> {
-        TestStack::start_with(StackOptions::default())
+    pub fn start() -> anyhow::Result<LocalStack> {
+        LocalStack::start_with(StackOptions::default())
     }
 
-    pub fn start_with(opts: StackOptions) -> anyhow::Result<TestStack> {
+    pub fn start_with(opts: StackOptions) -> anyhow::Result<LocalStack> {
         let wasm = opts.wasm.path()?;
         let apiserver = MockApiserver::start().context("starting the mock kube-apiserver")?;
         let files = tempfile::tempdir()?;
@@ -166,7 +166,7 @@ impl TestStack {
             .iter()
             .map(|p| Ok((*p, envoy.listener_addr(p.name())?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(TestStack {
+        Ok(LocalStack {
             apiserver,
             components,
             envoy,

@@ -3,11 +3,11 @@
 
 use metrics_gate_envoy::Preset;
 use metrics_gate_host_tests::apiserver::CallKind;
-use metrics_gate_host_tests::stack::TestStack;
+use metrics_gate_host_tests::stack::LocalStack;
 
 #[test]
 fn authorized_scrape_returns_the_exact_upstream_body_of_every_component() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let token = stack.prometheus_token();
     for preset in Preset::ALL {
         let answer = stack.scrape(preset, "/metrics", &token);
@@ -43,7 +43,7 @@ fn authorized_scrape_returns_the_exact_upstream_body_of_every_component() {
 
 #[test]
 fn query_and_head_are_served_too() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let token = stack.prometheus_token();
     let answer = stack.scrape(Preset::KubeProxy, "/metrics?name[]=up", &token);
     assert_eq!(answer.status, 200, "{}", answer.text());

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use metrics_gate_envoy::Preset;
 use metrics_gate_host_tests::apiserver::Fault;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 use serde_json::json;
 
 #[test]
 fn every_apiserver_fault_is_503_and_the_gate_recovers() {
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeScheduler],
         plugin_config: json!({"apiserver": {"timeout_ms": 500}, "retry_after_seconds": 3}),
         ..StackOptions::default()
@@ -49,7 +49,7 @@ fn every_apiserver_fault_is_503_and_the_gate_recovers() {
 fn faults_during_the_access_review_are_503_too() {
     // TokenReview fine, then the apiserver breaks before the SubjectAccessReview: a slow apiserver
     // answers the first review just within the filter's timeout and the second one too late.
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy],
         plugin_config: json!({"apiserver": {"timeout_ms": 700}}),
         ..StackOptions::default()

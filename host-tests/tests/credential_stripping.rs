@@ -2,13 +2,13 @@
 //! token where the component checks callers; identity headers only when enabled, from the review.
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 use metrics_gate_host_tests::tokens::ServiceAccount;
 use serde_json::json;
 
 #[test]
 fn the_callers_authorization_and_identity_headers_never_reach_the_upstream() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let token = stack.prometheus_token();
     let bearer = format!("Bearer {token}");
     let headers = [
@@ -41,7 +41,7 @@ fn the_callers_authorization_and_identity_headers_never_reach_the_upstream() {
 
 #[test]
 fn identity_headers_carry_the_reviewed_identity_when_enabled() {
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::Etcd],
         plugin_config: json!({"identity_headers": {"enabled": true}}),
         ..StackOptions::default()

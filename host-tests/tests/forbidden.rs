@@ -2,12 +2,12 @@
 
 use metrics_gate_envoy::Preset;
 use metrics_gate_host_tests::apiserver::CallKind;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 use serde_json::json;
 
 #[test]
 fn authenticated_but_unauthorized_is_403_and_the_upstream_is_never_contacted() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let nobody = stack.nobody_token();
     for preset in Preset::ALL {
         let answer = stack.scrape(preset, "/metrics", &nobody);
@@ -28,7 +28,7 @@ fn authenticated_but_unauthorized_is_403_and_the_upstream_is_never_contacted() {
 #[test]
 fn resource_attributes_are_checked_instead_of_the_path_when_configured() {
     // prometheus-server may get /metrics, but nothing grants it services/proxy: 403, naming it.
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy],
         plugin_config: json!({"authorization": {"resource_attributes": {
             "namespace": "kube-system", "resource": "services", "subresource": "proxy", "name": "kube-proxy"}}}),

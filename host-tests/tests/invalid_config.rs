@@ -2,11 +2,11 @@
 
 use metrics_gate_envoy::{render, Preset};
 use metrics_gate_host_tests::envoy_process::EnvoyProcess;
-use metrics_gate_host_tests::stack::TestStack;
+use metrics_gate_host_tests::stack::LocalStack;
 use serde_json::{json, Value};
 
 /// The running stack's bootstrap with `config` on the kube-proxy listener's plugin.
-fn with_plugin_config(stack: &TestStack, config: &Value) -> Value {
+fn with_plugin_config(stack: &LocalStack, config: &Value) -> Value {
     let mut bootstrap = stack.config.clone();
     let listeners = bootstrap["static_resources"]["listeners"].as_array_mut().unwrap();
     let kube_proxy = listeners.iter_mut().find(|l| l["name"] == Preset::KubeProxy.name()).unwrap();
@@ -19,7 +19,7 @@ fn with_plugin_config(stack: &TestStack, config: &Value) -> Value {
 #[test]
 fn invalid_plugin_configurations_are_refused_with_the_field_named() {
     let _ = render; // the stack's bootstrap comes from the renderer
-    let stack = TestStack::start_with(metrics_gate_host_tests::stack::StackOptions {
+    let stack = LocalStack::start_with(metrics_gate_host_tests::stack::StackOptions {
         presets: vec![Preset::KubeProxy],
         ..Default::default()
     })

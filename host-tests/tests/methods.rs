@@ -1,11 +1,11 @@
 //! Only GET and HEAD: anything else is 405 before the apiserver or the upstream hear of it.
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::TestStack;
+use metrics_gate_host_tests::stack::LocalStack;
 
 #[test]
 fn methods_other_than_get_and_head_are_405() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let bearer = format!("Bearer {}", stack.prometheus_token());
     for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"] {
         let answer = stack.request(

@@ -3,11 +3,11 @@
 //! component stays unreachable from outside.
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack, NODE_IP};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack, NODE_IP};
 
 #[test]
 fn listeners_on_the_node_ip_share_the_components_ports() {
-    let stack = TestStack::start_with(StackOptions { node_ports: true, ..Default::default() }).unwrap();
+    let stack = LocalStack::start_with(StackOptions { node_ports: true, ..Default::default() }).unwrap();
     let token = stack.prometheus_token();
     for preset in Preset::ALL {
         let listener = stack.addr(preset);

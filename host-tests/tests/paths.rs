@@ -1,12 +1,12 @@
 //! Only the exact allowed paths pass; every other spelling is 404 before anyone is asked.
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 use serde_json::json;
 
 #[test]
 fn non_metrics_paths_and_traversal_variants_are_404_without_any_call() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let token = stack.prometheus_token();
     let targets = [
         "/",
@@ -45,7 +45,7 @@ fn non_metrics_paths_and_traversal_variants_are_404_without_any_call() {
 fn dot_segments_resolve_before_matching() {
     // Envoy normalises `/debug/../metrics` and `/%6detrics` to `/metrics` (RFC 3986) before the
     // filter: the path checked is exactly the path forwarded.
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let token = stack.prometheus_token();
     for target in ["/debug/../metrics", "/./metrics", "/%6detrics"] {
         let answer = stack.scrape(Preset::Etcd, target, &token);
@@ -57,7 +57,7 @@ fn dot_segments_resolve_before_matching() {
 
 #[test]
 fn configured_paths_replace_the_default() {
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy],
         plugin_config: json!({"allowed_paths": ["/metrics/slis"]}),
         ..StackOptions::default()

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 use metrics_gate_host_tests::tokens::{ServiceAccount, TokenOptions};
 
 /// Scrapes until `want` or a deadline: Envoy reloads the SDS file asynchronously after the swap.
-fn eventually(stack: &TestStack, token: &str, want: u16) -> u16 {
+fn eventually(stack: &LocalStack, token: &str, want: u16) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = stack.scrape(Preset::KubeProxy, "/metrics", token).status;
@@ -21,7 +21,7 @@ fn eventually(stack: &TestStack, token: &str, want: u16) -> u16 {
 
 #[test]
 fn a_rotated_proxy_token_is_used_without_restarting_envoy() {
-    let stack = TestStack::start_with(StackOptions { presets: vec![Preset::KubeProxy], ..Default::default() }).unwrap();
+    let stack = LocalStack::start_with(StackOptions { presets: vec![Preset::KubeProxy], ..Default::default() }).unwrap();
     let scraper = stack.prometheus_token();
     let pid = stack.envoy.pid();
     assert_eq!(eventually(&stack, &scraper, 200), 200);

@@ -3,7 +3,7 @@
 use metrics_gate_envoy::Preset;
 use metrics_gate_host_tests::apiserver::CallKind;
 use metrics_gate_host_tests::raw_http::Response;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 use metrics_gate_host_tests::tokens::{ServiceAccount, TokenOptions};
 use serde_json::json;
 
@@ -15,7 +15,7 @@ fn assert_401(answer: &Response, what: &str) {
 
 #[test]
 fn missing_malformed_and_duplicate_credentials_never_reach_the_apiserver() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let token = stack.prometheus_token();
     let bearer = format!("Bearer {token}");
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
@@ -40,7 +40,7 @@ fn missing_malformed_and_duplicate_credentials_never_reach_the_apiserver() {
 
 #[test]
 fn tokens_the_apiserver_rejects_are_401() {
-    let stack = TestStack::start().unwrap();
+    let stack = LocalStack::start().unwrap();
     let expired = stack.token(&ServiceAccount::prometheus_server(), TokenOptions::expired());
     let mut forged = stack.prometheus_token();
     forged.pop();
@@ -57,7 +57,7 @@ fn tokens_the_apiserver_rejects_are_401() {
 
 #[test]
 fn audiences_are_asked_for_and_must_match() {
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         plugin_config: json!({"audiences": ["metrics-gate"]}),
         ..StackOptions::default()
     })

@@ -2,11 +2,11 @@
 //! first, so unauthorized callers learn nothing about the component's state.
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
 
 #[test]
 fn a_component_that_is_down_is_envoys_503_after_the_gate() {
-    let stack = TestStack::start_with(StackOptions { presets: vec![Preset::Etcd], ..Default::default() }).unwrap();
+    let stack = LocalStack::start_with(StackOptions { presets: vec![Preset::Etcd], ..Default::default() }).unwrap();
     stack.component(Preset::Etcd).stop_listening();
     let answer = stack.scrape(Preset::Etcd, "/metrics", &stack.prometheus_token());
     assert_eq!(answer.status, 503, "{}", answer.text());

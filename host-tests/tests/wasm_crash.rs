@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, TestStack, WasmBuild};
+use metrics_gate_host_tests::stack::{StackOptions, LocalStack, WasmBuild};
 
 #[test]
 fn a_crashed_filter_keeps_the_gate_shut() {
-    let stack = TestStack::start_with(StackOptions {
+    let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy],
         wasm: WasmBuild::FaultInjection,
         ..Default::default()
