@@ -218,11 +218,11 @@ impl Rbac {
     }
 }
 
-/// `manifests/rbac.yaml` and `manifests/examples/prometheus-metrics-reader-binding.yaml`.
+/// `manifests/base/rbac.yaml` and `manifests/examples/prometheus-metrics-reader-binding.yaml`.
 pub fn default_rbac_files() -> Vec<PathBuf> {
     let manifests = manifests_dir();
     vec![
-        manifests.join("rbac.yaml"),
+        manifests.join("base/rbac.yaml"),
         manifests.join("examples/prometheus-metrics-reader-binding.yaml"),
     ]
 }

@@ -80,7 +80,7 @@ impl ServiceAccount {
         )
     }
 
-    /// The proxy's own ServiceAccount (manifests/rbac.yaml).
+    /// The proxy's own ServiceAccount (manifests/base/rbac.yaml).
     pub fn metrics_gate() -> Self {
         Self::new("metrics-gate", "metrics-gate")
     }
