@@ -27,8 +27,33 @@ pub struct Config {
     pub identity_headers: Option<IdentityHeaders>,
     pub retry_after_seconds: u32,
     pub max_token_bytes: usize,
+    pub cache: CacheConfig,
+    /// Reviews in flight to the apiserver from the whole node (all workers, all listeners); beyond
+    /// it requests get 503 rather than pile onto the apiserver.
+    pub max_callouts_in_flight: u32,
 }
 
+/// How long answers are remembered (kube-rbac-proxy's defaults); 0 turns a kind off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub token_review_ttl_seconds: u32,
+    pub allow_ttl_seconds: u32,
+    pub deny_ttl_seconds: u32,
+    /// Slots per table; one slot holds one answer (at most ~4 KiB).
+    pub max_entries: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            token_review_ttl_seconds: 120,
+            allow_ttl_seconds: 300,
+            deny_ttl_seconds: 30,
+            max_entries: 8192,
+        }
+    }
+}
 /// SubjectAccessReview `resourceAttributes` (the verb comes from the request method).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +84,8 @@ pub const DEFAULT_APISERVER_CLUSTER: &str = "apiserver-with-credentials";
 pub const DEFAULT_APISERVER_AUTHORITY: &str = "kubernetes.default.svc";
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 5;
+/// Enough for every scraper of a node to be reviewed at once, far below what would worry an apiserver.
+pub const DEFAULT_MAX_CALLOUTS_IN_FLIGHT: u32 = 64;
 /// Projected ServiceAccount tokens are about 1 KB; 8 KiB leaves room for large OIDC tokens while
 /// keeping a flood of giant headers from reaching the apiserver.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -72,12 +99,19 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid plugin configuration: {}: {}", self.field, self.problem)
+        write!(
+            f,
+            "invalid plugin configuration: {}: {}",
+            self.field, self.problem
+        )
     }
 }
 
 fn problem(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), problem: problem.into() }
+    ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -94,6 +128,9 @@ struct RawConfig {
     identity_headers: RawIdentityHeaders,
     retry_after_seconds: Option<u32>,
     max_token_bytes: Option<usize>,
+    #[serde(default)]
+    cache: CacheConfig,
+    max_callouts_in_flight: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -134,11 +171,15 @@ impl Config {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
-        let apiserver_cluster =
-            self.apiserver.cluster.unwrap_or_else(|| DEFAULT_APISERVER_CLUSTER.to_owned());
+        let apiserver_cluster = self
+            .apiserver
+            .cluster
+            .unwrap_or_else(|| DEFAULT_APISERVER_CLUSTER.to_owned());
         check_name("apiserver.cluster", &apiserver_cluster)?;
-        let apiserver_authority =
-            self.apiserver.authority.unwrap_or_else(|| DEFAULT_APISERVER_AUTHORITY.to_owned());
+        let apiserver_authority = self
+            .apiserver
+            .authority
+            .unwrap_or_else(|| DEFAULT_APISERVER_AUTHORITY.to_owned());
         check_name("apiserver.authority", &apiserver_authority)?;
         let apiserver_timeout_ms = self.apiserver.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
         if !(100..=60_000).contains(&apiserver_timeout_ms) {
@@ -148,20 +189,31 @@ impl RawConfig {
             ));
         }
 
-        let allowed_paths = self.allowed_paths.unwrap_or_else(|| vec!["/metrics".to_owned()]);
+        let allowed_paths = self
+            .allowed_paths
+            .unwrap_or_else(|| vec!["/metrics".to_owned()]);
         if allowed_paths.is_empty() {
-            return Err(problem("allowed_paths", "must list at least one path, e.g. [\"/metrics\"]"));
+            return Err(problem(
+                "allowed_paths",
+                "must list at least one path, e.g. [\"/metrics\"]",
+            ));
         }
         for (i, path) in allowed_paths.iter().enumerate() {
             check_path(&format!("allowed_paths[{i}]"), path)?;
             if allowed_paths.iter().take(i).any(|p| p == path) {
-                return Err(problem(format!("allowed_paths[{i}]"), format!("{path:?} is listed twice")));
+                return Err(problem(
+                    format!("allowed_paths[{i}]"),
+                    format!("{path:?} is listed twice"),
+                ));
             }
         }
 
         for (i, audience) in self.audiences.iter().enumerate() {
             if audience.trim().is_empty() || audience.len() > 512 {
-                return Err(problem(format!("audiences[{i}]"), "must be a non-empty string of at most 512 bytes"));
+                return Err(problem(
+                    format!("audiences[{i}]"),
+                    "must be a non-empty string of at most 512 bytes",
+                ));
             }
         }
 
@@ -175,7 +227,9 @@ impl RawConfig {
 
         let identity_headers = self.identity_headers.validate()?;
 
-        let retry_after_seconds = self.retry_after_seconds.unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
+        let retry_after_seconds = self
+            .retry_after_seconds
+            .unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
         if !(1..=3600).contains(&retry_after_seconds) {
             return Err(problem(
                 "retry_after_seconds",
@@ -190,6 +244,40 @@ impl RawConfig {
             ));
         }
 
+        for (field, ttl) in [
+            (
+                "cache.token_review_ttl_seconds",
+                self.cache.token_review_ttl_seconds,
+            ),
+            ("cache.allow_ttl_seconds", self.cache.allow_ttl_seconds),
+            ("cache.deny_ttl_seconds", self.cache.deny_ttl_seconds),
+        ] {
+            if ttl > 86_400 {
+                return Err(problem(
+                    field,
+                    format!("must be between 0 and 86400 (got {ttl})"),
+                ));
+            }
+        }
+        if !(16..=1_048_576).contains(&self.cache.max_entries) {
+            return Err(problem(
+                "cache.max_entries",
+                format!(
+                    "must be between 16 and 1048576 (got {})",
+                    self.cache.max_entries
+                ),
+            ));
+        }
+        let max_callouts_in_flight = self
+            .max_callouts_in_flight
+            .unwrap_or(DEFAULT_MAX_CALLOUTS_IN_FLIGHT);
+        if !(1..=1024).contains(&max_callouts_in_flight) {
+            return Err(problem(
+                "max_callouts_in_flight",
+                format!("must be between 1 and 1024 (got {max_callouts_in_flight})"),
+            ));
+        }
+
         Ok(Config {
             apiserver_cluster,
             apiserver_authority,
@@ -200,6 +288,8 @@ impl RawConfig {
             identity_headers,
             retry_after_seconds,
             max_token_bytes,
+            cache: self.cache,
+            max_callouts_in_flight,
         })
     }
 }
@@ -208,7 +298,10 @@ impl RawIdentityHeaders {
     fn validate(self) -> Result<Option<IdentityHeaders>, ConfigError> {
         if !self.enabled {
             if self.user.is_some() || self.groups.is_some() || self.groups_separator.is_some() {
-                return Err(problem("identity_headers", "header names are set but \"enabled\" is not true"));
+                return Err(problem(
+                    "identity_headers",
+                    "header names are set but \"enabled\" is not true",
+                ));
             }
             return Ok(None);
         }
@@ -217,24 +310,39 @@ impl RawIdentityHeaders {
         check_header_name("identity_headers.user", &user)?;
         check_header_name("identity_headers.groups", &groups)?;
         if user == groups {
-            return Err(problem("identity_headers.groups", "must differ from identity_headers.user"));
+            return Err(problem(
+                "identity_headers.groups",
+                "must differ from identity_headers.user",
+            ));
         }
         let groups_separator = self.groups_separator.unwrap_or_else(|| "|".to_owned());
         if groups_separator.is_empty() || groups_separator.chars().any(char::is_control) {
-            return Err(problem("identity_headers.groups_separator", "must be a non-empty printable string"));
+            return Err(problem(
+                "identity_headers.groups_separator",
+                "must be a non-empty printable string",
+            ));
         }
-        Ok(Some(IdentityHeaders { user, groups, groups_separator }))
+        Ok(Some(IdentityHeaders {
+            user,
+            groups,
+            groups_separator,
+        }))
     }
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
         && value.len() <= 253
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(problem(field, format!("must be 1-253 characters of [A-Za-z0-9-._:] (got {value:?})")))
+        Err(problem(
+            field,
+            format!("must be 1-253 characters of [A-Za-z0-9-._:] (got {value:?})"),
+        ))
     }
 }
 
@@ -264,11 +372,19 @@ pub(crate) fn is_plain_path_byte(b: u8) -> bool {
 fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok {
-        return Err(problem(field, format!("must be a lowercase header name of [a-z0-9-] (got {name:?})")));
+        return Err(problem(
+            field,
+            format!("must be a lowercase header name of [a-z0-9-] (got {name:?})"),
+        ));
     }
-    if matches!(name, "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding") {
+    if matches!(
+        name,
+        "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding"
+    ) {
         return Err(problem(field, format!("{name:?} is reserved")));
     }
     Ok(())
@@ -277,7 +393,10 @@ fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
 fn check_resource_attributes(attrs: &ResourceAttributes) -> Result<(), ConfigError> {
     const FIELD: &str = "authorization.resource_attributes";
     if attrs.resource.is_empty() {
-        return Err(problem(format!("{FIELD}.resource"), "is required when resource_attributes is set"));
+        return Err(problem(
+            format!("{FIELD}.resource"),
+            "is required when resource_attributes is set",
+        ));
     }
     let fields = [
         ("namespace", &attrs.namespace),
@@ -288,7 +407,10 @@ fn check_resource_attributes(attrs: &ResourceAttributes) -> Result<(), ConfigErr
         ("name", &attrs.name),
     ];
     for (name, value) in fields {
-        let ok = value.len() <= 253 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        let ok = value.len() <= 253
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
         if !ok {
             return Err(problem(
                 format!("{FIELD}.{name}"),
@@ -323,6 +445,8 @@ mod tests {
             assert!(c.audiences.is_empty());
             assert!(c.resource_attributes.is_none());
             assert!(c.identity_headers.is_none());
+            assert_eq!(c.cache, CacheConfig::default());
+            assert_eq!(c.max_callouts_in_flight, DEFAULT_MAX_CALLOUTS_IN_FLIGHT);
         }
     }
 
@@ -347,19 +471,43 @@ mod tests {
         let e = err(r#"{"allowed_path":["/metrics"]}"#);
         assert_eq!(e.field, "configuration");
         assert!(e.problem.contains("unknown field `allowed_path`"), "{e}");
-        assert!(err(r#"{"apiserver":{"clustr":"x"}}"#).problem.contains("clustr"));
+        assert!(err(r#"{"apiserver":{"clustr":"x"}}"#)
+            .problem
+            .contains("clustr"));
     }
 
     #[test]
     fn bad_values_name_the_field() {
         assert_eq!(err(r#"{"allowed_paths":[]}"#).field, "allowed_paths");
-        assert_eq!(err(r#"{"allowed_paths":["/metrics","metrics"]}"#).field, "allowed_paths[1]");
-        assert_eq!(err(r#"{"allowed_paths":["/metrics","/metrics"]}"#).field, "allowed_paths[1]");
-        for bad in ["/metrics?x", "/a//b", "/metrics/../x", "/%6detrics", "/metrics;x"] {
-            assert_eq!(err(&format!(r#"{{"allowed_paths":["{bad}"]}}"#)).field, "allowed_paths[0]", "{bad}");
+        assert_eq!(
+            err(r#"{"allowed_paths":["/metrics","metrics"]}"#).field,
+            "allowed_paths[1]"
+        );
+        assert_eq!(
+            err(r#"{"allowed_paths":["/metrics","/metrics"]}"#).field,
+            "allowed_paths[1]"
+        );
+        for bad in [
+            "/metrics?x",
+            "/a//b",
+            "/metrics/../x",
+            "/%6detrics",
+            "/metrics;x",
+        ] {
+            assert_eq!(
+                err(&format!(r#"{{"allowed_paths":["{bad}"]}}"#)).field,
+                "allowed_paths[0]",
+                "{bad}"
+            );
         }
-        assert_eq!(err(r#"{"apiserver":{"timeout_ms":0}}"#).field, "apiserver.timeout_ms");
-        assert_eq!(err(r#"{"apiserver":{"cluster":""}}"#).field, "apiserver.cluster");
+        assert_eq!(
+            err(r#"{"apiserver":{"timeout_ms":0}}"#).field,
+            "apiserver.timeout_ms"
+        );
+        assert_eq!(
+            err(r#"{"apiserver":{"cluster":""}}"#).field,
+            "apiserver.cluster"
+        );
         assert_eq!(err(r#"{"audiences":[""]}"#).field, "audiences[0]");
         assert_eq!(
             err(r#"{"authorization":{"resource_attributes":{"namespace":"x"}}}"#).field,
@@ -369,9 +517,30 @@ mod tests {
             err(r#"{"identity_headers":{"enabled":true,"user":"X-Remote-User"}}"#).field,
             "identity_headers.user"
         );
-        assert_eq!(err(r#"{"identity_headers":{"user":"x-user"}}"#).field, "identity_headers");
-        assert_eq!(err(r#"{"retry_after_seconds":0}"#).field, "retry_after_seconds");
+        assert_eq!(
+            err(r#"{"identity_headers":{"user":"x-user"}}"#).field,
+            "identity_headers"
+        );
+        assert_eq!(
+            err(r#"{"retry_after_seconds":0}"#).field,
+            "retry_after_seconds"
+        );
         assert_eq!(err(r#"{"max_token_bytes":1}"#).field, "max_token_bytes");
+        assert_eq!(
+            err(r#"{"cache":{"deny_ttl_seconds":100000}}"#).field,
+            "cache.deny_ttl_seconds"
+        );
+        assert_eq!(
+            err(r#"{"cache":{"max_entries":1}}"#).field,
+            "cache.max_entries"
+        );
+        assert!(err(r#"{"cache":{"ttl":1}}"#)
+            .problem
+            .contains("unknown field `ttl`"));
+        assert_eq!(
+            err(r#"{"max_callouts_in_flight":0}"#).field,
+            "max_callouts_in_flight"
+        );
         assert_eq!(err("[1]").field, "configuration");
     }
 

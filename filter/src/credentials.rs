@@ -47,7 +47,10 @@ pub fn bearer_token<'h>(
 
 fn is_token68(token: &str) -> bool {
     let body = token.trim_end_matches('=');
-    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 #[cfg(test)]
@@ -69,21 +72,46 @@ mod tests {
         let leaked: &'static str = Box::leak(header.into_boxed_str());
         assert_eq!(token(&[("authorization", leaked)]), Ok(JWT));
         assert_eq!(token(&[("Authorization", "bearer abc.def")]), Ok("abc.def"));
-        assert_eq!(token(&[("authorization", "BEARER   abcdef.0123456789abcdef")]), Ok("abcdef.0123456789abcdef"));
+        assert_eq!(
+            token(&[("authorization", "BEARER   abcdef.0123456789abcdef")]),
+            Ok("abcdef.0123456789abcdef")
+        );
         assert_eq!(token(&[("authorization", "Bearer YWJj==")]), Ok("YWJj=="));
     }
 
     #[test]
     fn refuses_what_is_not_exactly_one_plausible_token() {
         assert_eq!(token(&[]), Err(CredentialProblem::Missing));
-        assert_eq!(token(&[("x-authorization", "Bearer abc")]), Err(CredentialProblem::Missing));
         assert_eq!(
-            token(&[("authorization", "Bearer abc"), ("authorization", "Bearer def")]),
+            token(&[("x-authorization", "Bearer abc")]),
+            Err(CredentialProblem::Missing)
+        );
+        assert_eq!(
+            token(&[
+                ("authorization", "Bearer abc"),
+                ("authorization", "Bearer def")
+            ]),
             Err(CredentialProblem::Duplicate)
         );
-        assert_eq!(token(&[("authorization", "Bearer abc,Bearer def")]), Err(CredentialProblem::Duplicate));
-        for bad in ["Bearer", "Bearer ", "Basic YWJjOmRlZg==", "abc", "Bearer a b", "Bearer ===", "Bearer a\tb", "Bearer tök"] {
-            assert_eq!(token(&[("authorization", bad)]), Err(CredentialProblem::Malformed), "{bad:?}");
+        assert_eq!(
+            token(&[("authorization", "Bearer abc,Bearer def")]),
+            Err(CredentialProblem::Duplicate)
+        );
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Basic YWJjOmRlZg==",
+            "abc",
+            "Bearer a b",
+            "Bearer ===",
+            "Bearer a\tb",
+            "Bearer tök",
+        ] {
+            assert_eq!(
+                token(&[("authorization", bad)]),
+                Err(CredentialProblem::Malformed),
+                "{bad:?}"
+            );
         }
         let long = format!("Bearer {}", "a".repeat(65));
         assert_eq!(

@@ -17,10 +17,12 @@
 //!     forward without the caller's credentials and identity headers
 //! ```
 
+use crate::cache::{self, Digest, Table};
 use crate::config::Config;
 use crate::credentials::bearer_token;
+use crate::jwt;
 use crate::reply::Reply;
-use crate::review::{self, Attributes, Authentication, User};
+use crate::review::{self, Answer, ApiserverTrouble, Attributes, Authentication, User};
 
 /// What the filter sees of a request before deciding.
 pub struct RequestHead<'a> {
@@ -35,7 +37,8 @@ pub struct RequestHead<'a> {
 pub enum Step {
     /// Answer locally; the upstream is never contacted.
     Reply(Reply),
-    /// POST this review to the apiserver cluster and feed the answer to `on_review_answer`.
+    /// Get this review's answer (from the cache, or by POSTing it to the apiserver cluster) and
+    /// feed it to `on_answer`.
     Call(Callout),
     /// Let the request through after editing its headers.
     Forward(Forward),
@@ -43,10 +46,28 @@ pub enum Step {
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Callout {
+    pub table: Table,
+    /// The cache key: a digest of the whole question, never the token itself.
+    pub key: Digest,
     pub path: &'static str,
     /// JSON review. For a TokenReview it holds the caller's token: it goes to the apiserver and
     /// nowhere else.
     pub body: Vec<u8>,
+    /// Until when the answer may be remembered, in ms since the epoch, given the time `now_ms` the
+    /// request arrived; `None`: not at all.
+    pub cache_until_ms: Option<u64>,
+}
+
+impl Callout {
+    /// Until when `answer` to this callout may be cached.
+    pub fn cache_until(&self, config: &Config, answer: &Answer, now_ms: u64) -> Option<u64> {
+        let ttl = match answer {
+            Answer::Token(_) => return self.cache_until_ms,
+            Answer::Access(true) => config.cache.allow_ttl_seconds,
+            Answer::Access(false) => config.cache.deny_ttl_seconds,
+        };
+        cache::token_review_expiry_ms(now_ms, ttl, None)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -80,8 +101,12 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn on_request(&mut self, config: &Config, head: &RequestHead<'_>) -> Step {
-        let path = head.path.split_once('?').map_or(head.path, |(path, _query)| path);
+    /// `now_ms`: the current time, which bounds how long answers may be cached.
+    pub fn on_request(&mut self, config: &Config, head: &RequestHead<'_>, now_ms: u64) -> Step {
+        let path = head
+            .path
+            .split_once('?')
+            .map_or(head.path, |(path, _query)| path);
         // Exact, byte-for-byte: Envoy has already resolved dot segments, and every other unusual
         // spelling (`//metrics`, `%6d`, `;x`, a trailing `/`) simply is not in the list.
         if !config.allowed_paths.iter().any(|allowed| allowed == path) {
@@ -98,60 +123,109 @@ impl Gate {
             Err(_problem) => return self.finish(Reply::unauthorized(false)),
         };
         let attributes = match &config.resource_attributes {
-            None => Attributes::NonResource { path: path.to_owned(), verb },
-            Some(attrs) => Attributes::Resource { verb, attrs: attrs.clone() },
+            None => Attributes::NonResource {
+                path: path.to_owned(),
+                verb,
+            },
+            Some(attrs) => Attributes::Resource {
+                verb,
+                attrs: attrs.clone(),
+            },
         };
         let body = review::token_review_body(token, &config.audiences);
-        self.phase = Phase::AwaitingTokenReview { attributes, strip: headers_to_strip(config, head.headers) };
-        Step::Call(Callout { path: review::TOKEN_REVIEW_PATH, body })
+        let cache_until_ms = cache::token_review_expiry_ms(
+            now_ms,
+            config.cache.token_review_ttl_seconds,
+            jwt::expiry(token),
+        );
+        self.phase = Phase::AwaitingTokenReview {
+            attributes,
+            strip: headers_to_strip(config, head.headers),
+        };
+        Step::Call(Callout {
+            table: Table::TokenReview,
+            key: cache::token_review_key(token, &config.audiences),
+            path: review::TOKEN_REVIEW_PATH,
+            body,
+            cache_until_ms,
+        })
     }
 
-    /// Feeds the apiserver's answer to the pending review: `http_status` is `None` when Envoy gave
-    /// no status at all.
-    pub fn on_review_answer(&mut self, config: &Config, http_status: Option<u16>, body: &[u8]) -> Step {
-        match std::mem::take(&mut self.phase) {
-            Phase::AwaitingTokenReview { attributes, strip } => {
-                let answer = match http_status {
-                    Some(status) => review::read_token_review(status, body, &config.audiences),
-                    None => Err(review::ApiserverTrouble("TokenReview answer has no :status".to_owned())),
-                };
-                match answer {
-                    Ok(Authentication::Authenticated(user)) => {
-                        let body = review::subject_access_review_body(&user, &attributes);
-                        self.phase = Phase::AwaitingAccessReview { user, attributes, strip };
-                        Step::Call(Callout { path: review::SUBJECT_ACCESS_REVIEW_PATH, body })
-                    }
-                    Ok(Authentication::Rejected) => self.finish(Reply::unauthorized(true)),
-                    Err(trouble) => self.trouble(config, trouble.0),
-                }
-            }
-            Phase::AwaitingAccessReview { user, attributes, strip } => {
-                let answer = match http_status {
-                    Some(status) => review::read_subject_access_review(status, body),
-                    None => Err(review::ApiserverTrouble(
-                        "SubjectAccessReview answer has no :status".to_owned(),
-                    )),
-                };
-                match answer {
-                    Ok(true) => {
-                        self.phase = Phase::Finished;
-                        Step::Forward(Forward { remove: strip, set: identity_headers(config, &user) })
-                    }
-                    Ok(false) => self.finish(Reply::forbidden(&user.username, &attributes.describe())),
-                    Err(trouble) => self.trouble(config, trouble.0),
-                }
-            }
-            // An answer nobody waits for (cannot happen with one callout at a time): fail closed.
-            Phase::New | Phase::Finished => self.trouble(config, "unexpected apiserver answer".to_owned()),
+    /// Which table the pending question belongs to (to parse an apiserver answer for it).
+    pub fn awaiting(&self) -> Option<Table> {
+        match self.phase {
+            Phase::AwaitingTokenReview { .. } => Some(Table::TokenReview),
+            Phase::AwaitingAccessReview { .. } => Some(Table::AccessReview),
+            Phase::New | Phase::Finished => None,
         }
     }
 
-    /// Envoy refused to even send the callout (unknown cluster, no memory...).
-    pub fn on_dispatch_failed(&mut self, config: &Config, why: &str) -> Step {
-        self.trouble(config, format!("could not send the review to cluster {:?}: {why}", config.apiserver_cluster))
+    /// Parses an apiserver answer to the pending question and goes on with it.
+    pub fn on_review_answer(
+        &mut self,
+        config: &Config,
+        http_status: Option<u16>,
+        body: &[u8],
+    ) -> Step {
+        let answer = match self.awaiting() {
+            Some(table) => Answer::read(table, config, http_status, body),
+            None => Err(ApiserverTrouble("unexpected apiserver answer".to_owned())),
+        };
+        self.on_answer(config, answer)
     }
 
-    fn trouble(&mut self, config: &Config, detail: String) -> Step {
+    /// Goes on with the answer to the pending question, from the apiserver or the cache.
+    pub fn on_answer(&mut self, config: &Config, answer: Result<Answer, ApiserverTrouble>) -> Step {
+        match (std::mem::take(&mut self.phase), answer) {
+            (_, Err(trouble)) => self.trouble(config, trouble.0),
+            (
+                Phase::AwaitingTokenReview { attributes, strip },
+                Ok(Answer::Token(authentication)),
+            ) => match authentication {
+                Authentication::Authenticated(user) => {
+                    let body = review::subject_access_review_body(&user, &attributes);
+                    let key = cache::access_review_key(&body);
+                    self.phase = Phase::AwaitingAccessReview {
+                        user,
+                        attributes,
+                        strip,
+                    };
+                    Step::Call(Callout {
+                        table: Table::AccessReview,
+                        key,
+                        path: review::SUBJECT_ACCESS_REVIEW_PATH,
+                        body,
+                        cache_until_ms: None,
+                    })
+                }
+                Authentication::Rejected => self.finish(Reply::unauthorized(true)),
+            },
+            (
+                Phase::AwaitingAccessReview {
+                    user,
+                    attributes,
+                    strip,
+                },
+                Ok(Answer::Access(allowed)),
+            ) => {
+                if allowed {
+                    self.phase = Phase::Finished;
+                    Step::Forward(Forward {
+                        remove: strip,
+                        set: identity_headers(config, &user),
+                    })
+                } else {
+                    self.finish(Reply::forbidden(&user.username, &attributes.describe()))
+                }
+            }
+            // An answer nobody waits for, or to another question: fail closed.
+            _ => self.trouble(config, "unexpected apiserver answer".to_owned()),
+        }
+    }
+
+    /// The review could not be asked at all (Envoy refused the callout, too many in flight, the
+    /// request it was waiting for failed...).
+    pub fn trouble(&mut self, config: &Config, detail: String) -> Step {
         let mut reply = Reply::apiserver_unavailable(config.retry_after_seconds);
         reply.log_detail = Some(detail);
         self.finish(reply)
@@ -173,7 +247,10 @@ fn headers_to_strip(config: &Config, headers: &[(String, String)]) -> Vec<String
             let name = name.to_ascii_lowercase();
             name == "authorization"
                 || name.starts_with("x-remote-")
-                || config.identity_headers.as_ref().is_some_and(|h| name == h.user || name == h.groups)
+                || config
+                    .identity_headers
+                    .as_ref()
+                    .is_some_and(|h| name == h.user || name == h.groups)
         })
         .cloned()
         .collect()
@@ -185,7 +262,10 @@ fn identity_headers(config: &Config, user: &User) -> Vec<(String, String)> {
     };
     let mut set = vec![(names.user.clone(), user.username.clone())];
     if !user.groups.is_empty() {
-        set.push((names.groups.clone(), user.groups.join(&names.groups_separator)));
+        set.push((
+            names.groups.clone(),
+            user.groups.join(&names.groups_separator),
+        ));
     }
     set
 }

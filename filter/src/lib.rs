@@ -2,12 +2,15 @@
 //! when the path is allowed and the Kubernetes API authenticates (TokenReview) and authorizes
 //! (SubjectAccessReview) the caller.
 //!
-//! Everything that decides is plain Rust in `config`, `credentials`, `review`, `gate` and `reply`,
+//! Everything that decides is plain Rust in `config`, `credentials`, `review`, `gate`, `reply`,
+//! `cache` and `jwt`,
 //! tested natively; `host` is the only module that talks to Envoy, and only exists in the wasm build.
 
+pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod jwt;
 pub mod metrics;
 pub mod reply;
 pub mod review;

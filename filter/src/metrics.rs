@@ -25,3 +25,16 @@ pub const ALL_OUTCOMES: [Outcome; 6] = [
 
 /// Histogram of TokenReview and SubjectAccessReview round trips, in milliseconds.
 pub const CALLOUT_DURATION: &str = "metrics_gate_apiserver_callout_duration_ms";
+
+/// Answers found in the node-wide cache.
+pub const CACHE_HITS: &str = "metrics_gate_cache_hits";
+/// Questions that had to go to the apiserver.
+pub const CACHE_MISSES: &str = "metrics_gate_cache_misses";
+/// Requests that waited for another request's identical review instead of asking again.
+pub const COALESCED_WAITS: &str = "metrics_gate_coalesced_waits";
+/// Live answers pushed out of their slot by a newer question.
+pub const CACHE_EVICTIONS: &str = "metrics_gate_cache_evictions";
+/// Requests refused because the node already had `max_callouts_in_flight` reviews under way.
+pub const CAP_REJECTIONS: &str = "metrics_gate_callouts_rejected_cap";
+/// Gauge: reviews under way to the apiserver right now.
+pub const CALLOUTS_IN_FLIGHT: &str = "metrics_gate_callouts_in_flight";

@@ -37,12 +37,19 @@ impl Reply {
     }
 
     pub fn not_found() -> Reply {
-        Reply::text(404, Outcome::PathNotAllowed, "404 Not Found: this path is not served here\n".to_owned())
+        Reply::text(
+            404,
+            Outcome::PathNotAllowed,
+            "404 Not Found: this path is not served here\n".to_owned(),
+        )
     }
 
     pub fn method_not_allowed() -> Reply {
-        let mut reply =
-            Reply::text(405, Outcome::MethodNotAllowed, "405 Method Not Allowed: use GET or HEAD\n".to_owned());
+        let mut reply = Reply::text(
+            405,
+            Outcome::MethodNotAllowed,
+            "405 Method Not Allowed: use GET or HEAD\n".to_owned(),
+        );
         reply.headers.push(("allow", "GET, HEAD".to_owned()));
         reply
     }
@@ -62,7 +69,9 @@ impl Reply {
             )
         };
         let mut reply = Reply::text(401, Outcome::Unauthenticated, body.to_owned());
-        reply.headers.push(("www-authenticate", challenge.to_owned()));
+        reply
+            .headers
+            .push(("www-authenticate", challenge.to_owned()));
         reply
     }
 
@@ -83,7 +92,9 @@ impl Reply {
             "503 Service Unavailable: the Kubernetes API could not confirm this request; try again later\n"
                 .to_owned(),
         );
-        reply.headers.push(("retry-after", retry_after_seconds.to_string()));
+        reply
+            .headers
+            .push(("retry-after", retry_after_seconds.to_string()));
         reply
     }
 }

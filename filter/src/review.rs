@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ResourceAttributes;
+use crate::cache::Table;
+use crate::config::{Config, ResourceAttributes};
 
 pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 pub const SUBJECT_ACCESS_REVIEW_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 
 /// Who the apiserver says the caller is; carried unchanged into the SubjectAccessReview.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub struct User {
     #[serde(default)]
     pub username: String,
@@ -38,6 +39,59 @@ pub enum Authentication {
 /// The apiserver did not give a usable answer; the request must not pass and must not be cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiserverTrouble(pub String);
+
+/// An answer to either review, as the gate takes it and the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Token(Authentication),
+    Access(bool),
+}
+
+impl Answer {
+    /// Reads the apiserver's answer to a review of kind `table`.
+    pub fn read(
+        table: Table,
+        config: &Config,
+        http_status: Option<u16>,
+        body: &[u8],
+    ) -> Result<Answer, ApiserverTrouble> {
+        let status = http_status
+            .ok_or_else(|| ApiserverTrouble("the review answer has no :status".to_owned()))?;
+        match table {
+            Table::TokenReview => {
+                read_token_review(status, body, &config.audiences).map(Answer::Token)
+            }
+            Table::AccessReview => read_subject_access_review(status, body).map(Answer::Access),
+        }
+    }
+
+    /// Compact form for the cache (no token is ever part of an answer).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Answer::Token(Authentication::Rejected) => vec![0],
+            Answer::Token(Authentication::Authenticated(user)) => {
+                let mut out = vec![1];
+                if serde_json::to_writer(&mut out, user).is_err() {
+                    return Vec::new();
+                }
+                out
+            }
+            Answer::Access(allowed) => vec![u8::from(*allowed)],
+        }
+    }
+
+    /// `None` when the bytes are not an answer of that kind (then the cache is ignored).
+    pub fn decode(table: Table, bytes: &[u8]) -> Option<Answer> {
+        match (table, bytes.split_first()?) {
+            (Table::TokenReview, (0, [])) => Some(Answer::Token(Authentication::Rejected)),
+            (Table::TokenReview, (1, user)) => serde_json::from_slice(user)
+                .ok()
+                .map(|u| Answer::Token(Authentication::Authenticated(u))),
+            (Table::AccessReview, (&allowed @ (0 | 1), [])) => Some(Answer::Access(allowed == 1)),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct TokenReviewRequest<'a> {
@@ -92,17 +146,28 @@ pub fn read_token_review(
     let response: TokenReviewResponse = serde_json::from_slice(body)
         .map_err(|e| ApiserverTrouble(format!("TokenReview answer is not valid JSON ({e})")))?;
     if response.kind != "TokenReview" {
-        return Err(ApiserverTrouble(format!("expected a TokenReview, got kind {:?}", response.kind)));
+        return Err(ApiserverTrouble(format!(
+            "expected a TokenReview, got kind {:?}",
+            response.kind
+        )));
     }
-    let status =
-        response.status.ok_or_else(|| ApiserverTrouble("TokenReview answer has no status".to_owned()))?;
+    let status = response
+        .status
+        .ok_or_else(|| ApiserverTrouble("TokenReview answer has no status".to_owned()))?;
     if !status.authenticated {
         return Ok(Authentication::Rejected);
     }
     if status.user.username.is_empty() {
-        return Err(ApiserverTrouble("TokenReview authenticated a user without a name".to_owned()));
+        return Err(ApiserverTrouble(
+            "TokenReview authenticated a user without a name".to_owned(),
+        ));
     }
-    if !wanted_audiences.is_empty() && !status.audiences.iter().any(|a| wanted_audiences.contains(a)) {
+    if !wanted_audiences.is_empty()
+        && !status
+            .audiences
+            .iter()
+            .any(|a| wanted_audiences.contains(a))
+    {
         return Ok(Authentication::Rejected);
     }
     Ok(Authentication::Authenticated(status.user))
@@ -111,8 +176,14 @@ pub fn read_token_review(
 /// The attributes a SubjectAccessReview checks, kept for the 403 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attributes {
-    NonResource { path: String, verb: &'static str },
-    Resource { verb: &'static str, attrs: ResourceAttributes },
+    NonResource {
+        path: String,
+        verb: &'static str,
+    },
+    Resource {
+        verb: &'static str,
+        attrs: ResourceAttributes,
+    },
 }
 
 impl Attributes {
@@ -126,7 +197,10 @@ impl Attributes {
                 } else {
                     format!("{}/{}", attrs.resource, attrs.subresource)
                 };
-                let mut text = format!("{verb} resource {resource:?} in API group {:?}", attrs.api_group);
+                let mut text = format!(
+                    "{verb} resource {resource:?} in API group {:?}",
+                    attrs.api_group
+                );
                 if !attrs.name.is_empty() {
                     text.push_str(&format!(" named {:?}", attrs.name));
                 }
@@ -158,7 +232,10 @@ struct SarSpec<'a> {
     groups: &'a [String],
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     extra: &'a BTreeMap<String, Vec<String>>,
-    #[serde(rename = "nonResourceAttributes", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "nonResourceAttributes",
+        skip_serializing_if = "Option::is_none"
+    )]
     non_resource_attributes: Option<NonResourceAttributesWire<'a>>,
     #[serde(rename = "resourceAttributes", skip_serializing_if = "Option::is_none")]
     resource_attributes: Option<ResourceAttributesWire<'a>>,
@@ -188,7 +265,9 @@ struct ResourceAttributesWire<'a> {
 
 pub fn subject_access_review_body(user: &User, attributes: &Attributes) -> Vec<u8> {
     let (non_resource_attributes, resource_attributes) = match attributes {
-        Attributes::NonResource { path, verb } => (Some(NonResourceAttributesWire { path, verb }), None),
+        Attributes::NonResource { path, verb } => {
+            (Some(NonResourceAttributesWire { path, verb }), None)
+        }
         Attributes::Resource { verb, attrs } => (
             None,
             Some(ResourceAttributesWire {
@@ -235,8 +314,11 @@ struct SarStatus {
 /// Reads a SubjectAccessReview answer: `Ok(true)` only for an explicit allow.
 pub fn read_subject_access_review(http_status: u16, body: &[u8]) -> Result<bool, ApiserverTrouble> {
     check_http_status(http_status, "SubjectAccessReview")?;
-    let response: SarResponse = serde_json::from_slice(body)
-        .map_err(|e| ApiserverTrouble(format!("SubjectAccessReview answer is not valid JSON ({e})")))?;
+    let response: SarResponse = serde_json::from_slice(body).map_err(|e| {
+        ApiserverTrouble(format!(
+            "SubjectAccessReview answer is not valid JSON ({e})"
+        ))
+    })?;
     if response.kind != "SubjectAccessReview" {
         return Err(ApiserverTrouble(format!(
             "expected a SubjectAccessReview, got kind {:?}",
@@ -246,9 +328,9 @@ pub fn read_subject_access_review(http_status: u16, body: &[u8]) -> Result<bool,
     let status = response
         .status
         .ok_or_else(|| ApiserverTrouble("SubjectAccessReview answer has no status".to_owned()))?;
-    let allowed = status
-        .allowed
-        .ok_or_else(|| ApiserverTrouble("SubjectAccessReview status has no \"allowed\"".to_owned()))?;
+    let allowed = status.allowed.ok_or_else(|| {
+        ApiserverTrouble("SubjectAccessReview status has no \"allowed\"".to_owned())
+    })?;
     Ok(allowed && !status.denied)
 }
 
@@ -288,28 +370,40 @@ mod tests {
             r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"abc"}}"#
         );
         let body = token_review_body("abc", &["metrics-gate".to_owned()]);
-        assert!(String::from_utf8(body).unwrap().contains(r#""audiences":["metrics-gate"]"#));
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains(r#""audiences":["metrics-gate"]"#));
     }
 
     #[test]
     fn authenticated_token_review_yields_the_user() {
-        let Authentication::Authenticated(user) = read_token_review(201, PROMETHEUS_TR.as_bytes(), &[]).unwrap()
+        let Authentication::Authenticated(user) =
+            read_token_review(201, PROMETHEUS_TR.as_bytes(), &[]).unwrap()
         else {
             panic!("expected authenticated")
         };
-        assert_eq!(user.username, "system:serviceaccount:observability:prometheus-server");
+        assert_eq!(
+            user.username,
+            "system:serviceaccount:observability:prometheus-server"
+        );
         assert_eq!(user.groups.len(), 3);
     }
 
     #[test]
     fn garbage_token_without_authenticated_key_is_rejected() {
-        assert_eq!(read_token_review(201, GARBAGE_TR.as_bytes(), &[]).unwrap(), Authentication::Rejected);
+        assert_eq!(
+            read_token_review(201, GARBAGE_TR.as_bytes(), &[]).unwrap(),
+            Authentication::Rejected
+        );
     }
 
     #[test]
     fn audiences_must_intersect() {
         let ours = ["metrics-gate".to_owned()];
-        assert_eq!(read_token_review(201, PROMETHEUS_TR.as_bytes(), &ours).unwrap(), Authentication::Rejected);
+        assert_eq!(
+            read_token_review(201, PROMETHEUS_TR.as_bytes(), &ours).unwrap(),
+            Authentication::Rejected
+        );
         let theirs = ["https://kubernetes.default.svc.cluster.local".to_owned()];
         assert!(matches!(
             read_token_review(201, PROMETHEUS_TR.as_bytes(), &theirs).unwrap(),
@@ -325,8 +419,34 @@ mod tests {
         assert!(read_token_review(201, b"not json", &[]).is_err());
         assert!(read_token_review(201, br#"{"kind":"TokenReview"}"#, &[]).is_err());
         assert!(read_subject_access_review(500, b"{}").is_err());
-        assert!(read_subject_access_review(201, br#"{"kind":"SubjectAccessReview","status":{}}"#).is_err());
+        assert!(
+            read_subject_access_review(201, br#"{"kind":"SubjectAccessReview","status":{}}"#)
+                .is_err()
+        );
         assert!(read_subject_access_review(201, b"[").is_err());
+    }
+
+    #[test]
+    fn answers_round_trip_through_the_cache_encoding() {
+        let Authentication::Authenticated(user) =
+            read_token_review(201, PROMETHEUS_TR.as_bytes(), &[]).unwrap()
+        else {
+            panic!("expected authenticated")
+        };
+        for (table, answer) in [
+            (
+                Table::TokenReview,
+                Answer::Token(Authentication::Authenticated(user)),
+            ),
+            (Table::TokenReview, Answer::Token(Authentication::Rejected)),
+            (Table::AccessReview, Answer::Access(true)),
+            (Table::AccessReview, Answer::Access(false)),
+        ] {
+            assert_eq!(Answer::decode(table, &answer.encode()), Some(answer));
+        }
+        assert_eq!(Answer::decode(Table::AccessReview, &[2]), None);
+        assert_eq!(Answer::decode(Table::TokenReview, &[1, b'{']), None);
+        assert_eq!(Answer::decode(Table::AccessReview, &[1, 1]), None);
     }
 
     #[test]
@@ -342,11 +462,18 @@ mod tests {
         let user = User {
             username: "system:serviceaccount:observability:prometheus-server".into(),
             uid: "e2a1121a-9135-4ae6-a12c-ae79aa2a43a2".into(),
-            groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+            groups: vec![
+                "system:serviceaccounts".into(),
+                "system:authenticated".into(),
+            ],
             extra: BTreeMap::new(),
         };
-        let attrs = Attributes::NonResource { path: "/metrics".into(), verb: "get" };
-        let body: serde_json::Value = serde_json::from_slice(&subject_access_review_body(&user, &attrs)).unwrap();
+        let attrs = Attributes::NonResource {
+            path: "/metrics".into(),
+            verb: "get",
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&subject_access_review_body(&user, &attrs)).unwrap();
         assert_eq!(body["apiVersion"], "authorization.k8s.io/v1");
         assert_eq!(body["spec"]["user"], user.username);
         assert_eq!(body["spec"]["uid"], user.uid);
@@ -357,7 +484,10 @@ mod tests {
 
     #[test]
     fn resource_attributes_use_the_wire_names() {
-        let user = User { username: "u".into(), ..User::default() };
+        let user = User {
+            username: "u".into(),
+            ..User::default()
+        };
         let attrs = Attributes::Resource {
             verb: "get",
             attrs: ResourceAttributes {
@@ -367,7 +497,8 @@ mod tests {
                 ..ResourceAttributes::default()
             },
         };
-        let body: serde_json::Value = serde_json::from_slice(&subject_access_review_body(&user, &attrs)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&subject_access_review_body(&user, &attrs)).unwrap();
         let ra = &body["spec"]["resourceAttributes"];
         assert_eq!(ra["namespace"], "kube-system");
         assert_eq!(ra["resource"], "services");

@@ -248,3 +248,9 @@ impl LocalStack {
         self.envoy.stat(name).ok().flatten().unwrap_or(0)
     }
 }
+
+/// A plugin `cache` setting that turns every cache off, for tests that need each scrape to reach
+/// the apiserver.
+pub fn no_cache() -> Value {
+    json!({"token_review_ttl_seconds": 0, "allow_ttl_seconds": 0, "deny_ttl_seconds": 0})
+}

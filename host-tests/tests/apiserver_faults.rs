@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use metrics_gate_envoy::Preset;
 use metrics_gate_host_tests::apiserver::Fault;
-use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
+use metrics_gate_host_tests::stack::{no_cache, LocalStack, StackOptions};
 use serde_json::json;
+
 
 #[test]
 fn every_apiserver_fault_is_503_and_the_gate_recovers() {
     let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeScheduler],
-        plugin_config: json!({"apiserver": {"timeout_ms": 500}, "retry_after_seconds": 3}),
+        // Caching off: every scrape must reach the (broken) apiserver. tests/cache.rs covers what
+        // cached answers do during an outage.
+        plugin_config: json!({"apiserver": {"timeout_ms": 500}, "retry_after_seconds": 3, "cache": no_cache()}),
         ..StackOptions::default()
     })
     .unwrap();
@@ -51,7 +54,7 @@ fn faults_during_the_access_review_are_503_too() {
     // answers the first review just within the filter's timeout and the second one too late.
     let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy],
-        plugin_config: json!({"apiserver": {"timeout_ms": 700}}),
+        plugin_config: json!({"apiserver": {"timeout_ms": 700}, "cache": no_cache()}),
         ..StackOptions::default()
     })
     .unwrap();

@@ -18,7 +18,9 @@ fn authenticated_but_unauthorized_is_403_and_the_upstream_is_never_contacted() {
         assert!(!body.contains(&nobody));
     }
     assert_eq!(stack.upstream_requests(), 0);
-    assert_eq!(stack.apiserver.count(CallKind::SubjectAccessReview), 4);
+    // One question, asked once: the denial is cached (30 s) for every listener of the node.
+    assert_eq!(stack.apiserver.count(CallKind::TokenReview), 1);
+    assert_eq!(stack.apiserver.count(CallKind::SubjectAccessReview), 1);
     let sar = stack.apiserver.calls().into_iter().find(|c| c.kind == CallKind::SubjectAccessReview).unwrap();
     assert_eq!(sar.spec["user"], "system:serviceaccount:observability:nobody");
     assert_eq!(sar.spec["groups"], json!(["system:serviceaccounts", "system:serviceaccounts:observability", "system:authenticated"]));

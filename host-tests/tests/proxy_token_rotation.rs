@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use metrics_gate_envoy::Preset;
-use metrics_gate_host_tests::stack::{StackOptions, LocalStack};
+use metrics_gate_host_tests::stack::{no_cache, LocalStack, StackOptions};
+use serde_json::json;
 use metrics_gate_host_tests::tokens::{ServiceAccount, TokenOptions};
 
 /// Scrapes until `want` or a deadline: Envoy reloads the SDS file asynchronously after the swap.
@@ -21,7 +22,13 @@ fn eventually(stack: &LocalStack, token: &str, want: u16) -> u16 {
 
 #[test]
 fn a_rotated_proxy_token_is_used_without_restarting_envoy() {
-    let stack = LocalStack::start_with(StackOptions { presets: vec![Preset::KubeProxy], ..Default::default() }).unwrap();
+    // Caching off, so that every scrape makes the proxy show its current token to the apiserver.
+    let stack = LocalStack::start_with(StackOptions {
+        presets: vec![Preset::KubeProxy],
+        plugin_config: json!({"cache": no_cache()}),
+        ..Default::default()
+    })
+    .unwrap();
     let scraper = stack.prometheus_token();
     let pid = stack.envoy.pid();
     assert_eq!(eventually(&stack, &scraper, 200), 200);

@@ -2,9 +2,9 @@
 
 use super::*;
 // Under wasm32-unknown-unknown the same tests run in Node.js through wasm-bindgen-test.
+use crate::reply::Outcome;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
-use crate::reply::Outcome;
 
 const PROMETHEUS_TR: &[u8] = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},"spec":{"token":"<redacted>"},"status":{"authenticated":true,"user":{"username":"system:serviceaccount:observability:prometheus-server","uid":"e2a1121a","groups":["system:serviceaccounts","system:authenticated"]},"audiences":["https://kubernetes.default.svc.cluster.local"]}}"#;
 const GARBAGE_TR: &[u8] = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{"creationTimestamp":null},"spec":{"token":"<redacted>"},"status":{"user":{},"error":"invalid bearer token"}}"#;
@@ -16,13 +16,24 @@ fn config(json: &str) -> Config {
 }
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 fn start(config: &Config, method: &str, path: &str, pairs: &[(&str, &str)]) -> (Gate, Step) {
     let headers = headers(pairs);
     let mut gate = Gate::default();
-    let step = gate.on_request(config, &RequestHead { method, path, headers: &headers });
+    let step = gate.on_request(
+        config,
+        &RequestHead {
+            method,
+            path,
+            headers: &headers,
+        },
+        NOW_MS,
+    );
     (gate, step)
 }
 
@@ -41,16 +52,32 @@ fn callout(step: Step) -> Callout {
 }
 
 const BEARER: (&str, &str) = ("authorization", "Bearer abc.def.ghi");
+const NOW_MS: u64 = 1_800_000_000_000;
 
 #[test]
 fn paths_outside_the_allow_list_are_404_before_anything_else() {
     let c = config("{}");
     for path in [
-        "/", "/debug/pprof", "//metrics", "/%6detrics", "/metrics%2f..", "/metrics%2F..", "/METRICS",
-        "/metrics;x", "/metrics/", "/metrics/../debug", "/metricsx", "", "*",
+        "/",
+        "/debug/pprof",
+        "//metrics",
+        "/%6detrics",
+        "/metrics%2f..",
+        "/metrics%2F..",
+        "/METRICS",
+        "/metrics;x",
+        "/metrics/",
+        "/metrics/../debug",
+        "/metricsx",
+        "",
+        "*",
     ] {
         let r = reply(start(&c, "DELETE", path, &[]).1);
-        assert_eq!((r.status, r.outcome), (404, Outcome::PathNotAllowed), "{path}");
+        assert_eq!(
+            (r.status, r.outcome),
+            (404, Outcome::PathNotAllowed),
+            "{path}"
+        );
     }
 }
 
@@ -86,7 +113,10 @@ fn requests_without_one_plausible_token_get_401_with_a_challenge() {
     for pairs in cases {
         let r = reply(start(&c, "GET", "/metrics", pairs).1);
         assert_eq!(r.status, 401);
-        assert!(r.headers.iter().any(|(n, v)| *n == "www-authenticate" && v.starts_with("Bearer")));
+        assert!(r
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "www-authenticate" && v.starts_with("Bearer")));
     }
 }
 
@@ -113,7 +143,10 @@ fn unauthenticated_callers_get_401_invalid_token() {
 fn wrong_audience_is_401() {
     let c = config(r#"{"audiences":["metrics-gate"]}"#);
     let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
-    assert_eq!(reply(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR)).status, 401);
+    assert_eq!(
+        reply(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR)).status,
+        401
+    );
 }
 
 #[test]
@@ -123,11 +156,19 @@ fn authenticated_user_is_checked_with_a_subject_access_review() {
     let call = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
     assert_eq!(call.path, review::SUBJECT_ACCESS_REVIEW_PATH);
     let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
-    assert_eq!(body["spec"]["user"], "system:serviceaccount:observability:prometheus-server");
+    assert_eq!(
+        body["spec"]["user"],
+        "system:serviceaccount:observability:prometheus-server"
+    );
     assert_eq!(body["spec"]["uid"], "e2a1121a");
     assert_eq!(body["spec"]["groups"][1], "system:authenticated");
-    assert_eq!(body["spec"]["nonResourceAttributes"], serde_json::json!({"path": "/metrics", "verb": "get"}));
-    assert!(!String::from_utf8(call.body).unwrap().contains("abc.def.ghi"));
+    assert_eq!(
+        body["spec"]["nonResourceAttributes"],
+        serde_json::json!({"path": "/metrics", "verb": "get"})
+    );
+    assert!(!String::from_utf8(call.body)
+        .unwrap()
+        .contains("abc.def.ghi"));
 }
 
 #[test]
@@ -137,7 +178,12 @@ fn denied_users_get_403_naming_them_and_the_attributes() {
     gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
     let r = reply(gate.on_review_answer(&c, Some(201), SAR_DENIED));
     assert_eq!((r.status, r.outcome), (403, Outcome::Forbidden));
-    assert!(r.body.contains("system:serviceaccount:observability:prometheus-server"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("system:serviceaccount:observability:prometheus-server"),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains(r#"get path "/metrics""#), "{}", r.body);
 }
 
@@ -148,13 +194,21 @@ fn allowed_requests_are_forwarded_without_client_credentials() {
         &c,
         "GET",
         "/metrics",
-        &[BEARER, ("x-remote-user", "admin"), ("x-remote-groups", "system:masters"), ("accept", "*/*")],
+        &[
+            BEARER,
+            ("x-remote-user", "admin"),
+            ("x-remote-groups", "system:masters"),
+            ("accept", "*/*"),
+        ],
     );
     gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
     let Step::Forward(forward) = gate.on_review_answer(&c, Some(201), SAR_ALLOWED) else {
         panic!("expected forward")
     };
-    assert_eq!(forward.remove, vec!["authorization", "x-remote-user", "x-remote-groups"]);
+    assert_eq!(
+        forward.remove,
+        vec!["authorization", "x-remote-user", "x-remote-groups"]
+    );
     assert!(forward.set.is_empty());
 }
 
@@ -170,8 +224,14 @@ fn identity_headers_are_set_from_the_review_when_enabled() {
     assert_eq!(
         forward.set,
         vec![
-            ("x-remote-user".to_owned(), "system:serviceaccount:observability:prometheus-server".to_owned()),
-            ("x-remote-groups".to_owned(), "system:serviceaccounts|system:authenticated".to_owned()),
+            (
+                "x-remote-user".to_owned(),
+                "system:serviceaccount:observability:prometheus-server".to_owned()
+            ),
+            (
+                "x-remote-groups".to_owned(),
+                "system:serviceaccounts|system:authenticated".to_owned()
+            ),
         ]
     );
 }
@@ -181,10 +241,16 @@ fn every_kind_of_apiserver_trouble_is_503_with_retry_after() {
     let c = config(r#"{"retry_after_seconds":7}"#);
     let answers: [(Option<u16>, &[u8]); 7] = [
         (None, b""),
-        (Some(503), b"upstream connect error or disconnect/reset before headers"),
+        (
+            Some(503),
+            b"upstream connect error or disconnect/reset before headers",
+        ),
         (Some(504), b"upstream request timeout"),
         (Some(500), br#"{"kind":"Status","code":500}"#),
-        (Some(403), br#"{"kind":"Status","reason":"Forbidden","code":403}"#),
+        (
+            Some(403),
+            br#"{"kind":"Status","reason":"Forbidden","code":403}"#,
+        ),
         (Some(201), b"<html>"),
         (Some(201), br#"{"kind":"Status"}"#),
     ];
@@ -192,27 +258,44 @@ fn every_kind_of_apiserver_trouble_is_503_with_retry_after() {
         // At the TokenReview...
         let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
         let r = reply(gate.on_review_answer(&c, status, body));
-        assert_eq!((r.status, r.outcome), (503, Outcome::ApiserverError), "{status:?}");
+        assert_eq!(
+            (r.status, r.outcome),
+            (503, Outcome::ApiserverError),
+            "{status:?}"
+        );
         assert!(r.headers.contains(&("retry-after", "7".to_owned())));
         assert!(r.log_detail.is_some());
         // ...and at the SubjectAccessReview.
         let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
         gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
-        assert_eq!(reply(gate.on_review_answer(&c, status, body)).status, 503, "{status:?}");
+        assert_eq!(
+            reply(gate.on_review_answer(&c, status, body)).status,
+            503,
+            "{status:?}"
+        );
     }
     let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
-    assert_eq!(reply(gate.on_dispatch_failed(&c, "BadArgument")).status, 503);
+    assert_eq!(
+        reply(gate.trouble(&c, "BadArgument".to_owned())).status,
+        503
+    );
 }
 
 #[test]
 fn a_stray_answer_never_opens_the_gate() {
     let c = config("{}");
     let mut gate = Gate::default();
-    assert_eq!(reply(gate.on_review_answer(&c, Some(201), SAR_ALLOWED)).status, 503);
+    assert_eq!(
+        reply(gate.on_review_answer(&c, Some(201), SAR_ALLOWED)).status,
+        503
+    );
     let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
     gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
     gate.on_review_answer(&c, Some(201), SAR_ALLOWED);
-    assert_eq!(reply(gate.on_review_answer(&c, Some(201), SAR_ALLOWED)).status, 503);
+    assert_eq!(
+        reply(gate.on_review_answer(&c, Some(201), SAR_ALLOWED)).status,
+        503
+    );
 }
 
 #[test]
@@ -227,5 +310,53 @@ fn resource_attributes_replace_the_path_check() {
     assert_eq!(body["spec"]["resourceAttributes"]["verb"], "get");
     assert!(body["spec"].get("nonResourceAttributes").is_none());
     let r = reply(gate.on_review_answer(&c, Some(201), SAR_DENIED));
-    assert!(r.body.contains(r#"get resource "pods/metrics""#), "{}", r.body);
+    assert!(
+        r.body.contains(r#"get resource "pods/metrics""#),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn cache_keys_and_lifetimes_come_with_each_question() {
+    let c = config(
+        r#"{"cache":{"token_review_ttl_seconds":60,"allow_ttl_seconds":300,"deny_ttl_seconds":30}}"#,
+    );
+    let (mut gate, step) = start(&c, "GET", "/metrics", &[BEARER]);
+    let tr = callout(step);
+    assert_eq!(tr.table, Table::TokenReview);
+    assert_eq!(tr.key, cache::token_review_key("abc.def.ghi", &[]));
+    assert_eq!(tr.cache_until_ms, Some(NOW_MS + 60_000));
+    let sar = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    assert_eq!(sar.table, Table::AccessReview);
+    assert_eq!(sar.key, cache::access_review_key(&sar.body));
+    assert_eq!(
+        sar.cache_until(&c, &Answer::Access(true), NOW_MS),
+        Some(NOW_MS + 300_000)
+    );
+    assert_eq!(
+        sar.cache_until(&c, &Answer::Access(false), NOW_MS),
+        Some(NOW_MS + 30_000)
+    );
+}
+
+#[test]
+fn a_cached_answer_drives_the_gate_like_a_fresh_one() {
+    let c = config("{}");
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    let user = User {
+        username: "u".into(),
+        ..User::default()
+    };
+    callout(gate.on_answer(&c, Ok(Answer::Token(Authentication::Authenticated(user)))));
+    assert!(matches!(
+        gate.on_answer(&c, Ok(Answer::Access(true))),
+        Step::Forward(_)
+    ));
+    // Answers of the wrong kind never open the gate.
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    assert_eq!(
+        reply(gate.on_answer(&c, Ok(Answer::Access(true)))).status,
+        503
+    );
 }

@@ -1,0 +1,313 @@
+//! The decision cache's records, as they sit in Envoy's shared data.
+//!
+//! Envoy's shared data is one key-value map per process, seen by every worker's VM, with
+//! compare-and-swap; keys can be overwritten but never deleted. So the cache is a fixed table of
+//! `max_entries` slots per kind (TokenReview, SubjectAccessReview): a digest picks the slot, the
+//! record in it carries the full digest, and a newer entry simply replaces an older one. Memory is
+//! bounded by design, whatever the number of distinct tokens. Keys and records hold digests only,
+//! never a token.
+//!
+//! A slot also coordinates concurrent misses across workers: the first request claims it with a
+//! `Pending` record (CAS) and calls the apiserver; others find `Pending` and wait for the answer.
+//! Errors are never cached: a `Failed` record only answers requests that were already waiting when
+//! the call failed, and anything newer calls again.
+
+use sha2::{Digest as _, Sha256};
+
+pub type Digest = [u8; 32];
+
+/// Which review a record belongs to; each has its own table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    TokenReview,
+    AccessReview,
+}
+
+impl Table {
+    fn prefix(self) -> &'static str {
+        match self {
+            Table::TokenReview => "metrics-gate/tr/",
+            Table::AccessReview => "metrics-gate/sar/",
+        }
+    }
+}
+
+/// Digest of the TokenReview question: the token and the audiences it is checked against.
+pub fn token_review_key(token: &str, audiences: &[String]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"tokenreview\0");
+    h.update(token.as_bytes());
+    for audience in audiences {
+        h.update(b"\0");
+        h.update(audience.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Digest of a SubjectAccessReview question: its whole request body (user, uid, groups, extra and
+/// attributes), so two questions share an answer only if they are the same question.
+pub fn access_review_key(body: &[u8]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"subjectaccessreview\0");
+    h.update(body);
+    h.finalize().into()
+}
+
+/// The shared-data key of the slot for `digest`.
+pub fn slot_key(table: Table, digest: &Digest, max_entries: u32) -> String {
+    let [a, b, c, d, ..] = *digest;
+    let slot = u32::from_be_bytes([a, b, c, d]) % max_entries.max(1);
+    format!("{}{slot}", table.prefix())
+}
+
+/// What a slot holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An answer, valid until `expires_ms`.
+    Ready {
+        digest: Digest,
+        expires_ms: u64,
+        value: Vec<u8>,
+    },
+    /// Someone is asking the apiserver; they own the question until `lease_until_ms`.
+    Pending { digest: Digest, lease_until_ms: u64 },
+    /// The last call for this question failed at `at_ms`.
+    Failed { digest: Digest, at_ms: u64 },
+}
+
+const READY: u8 = 1;
+const PENDING: u8 = 2;
+const FAILED: u8 = 3;
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, digest, time, value): (u8, &Digest, u64, &[u8]) = match self {
+            Record::Ready {
+                digest,
+                expires_ms,
+                value,
+            } => (READY, digest, *expires_ms, value),
+            Record::Pending {
+                digest,
+                lease_until_ms,
+            } => (PENDING, digest, *lease_until_ms, &[]),
+            Record::Failed { digest, at_ms } => (FAILED, digest, *at_ms, &[]),
+        };
+        let mut out = Vec::with_capacity(41 + value.len());
+        out.push(tag);
+        out.extend_from_slice(digest);
+        out.extend_from_slice(&time.to_be_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// `None` for an empty slot or bytes that are not a record (treated as empty).
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (digest, rest) = rest.split_first_chunk::<32>()?;
+        let (time, value) = rest.split_first_chunk::<8>()?;
+        let time = u64::from_be_bytes(*time);
+        let digest = *digest;
+        match tag {
+            READY => Some(Record::Ready {
+                digest,
+                expires_ms: time,
+                value: value.to_vec(),
+            }),
+            PENDING if value.is_empty() => Some(Record::Pending {
+                digest,
+                lease_until_ms: time,
+            }),
+            FAILED if value.is_empty() => Some(Record::Failed {
+                digest,
+                at_ms: time,
+            }),
+            _ => None,
+        }
+    }
+
+    fn digest(&self) -> &Digest {
+        match self {
+            Record::Ready { digest, .. }
+            | Record::Pending { digest, .. }
+            | Record::Failed { digest, .. } => digest,
+        }
+    }
+}
+
+/// What a request should do about its question, given the slot's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The answer is known.
+    Hit(Vec<u8>),
+    /// Nobody is asking: claim the slot and ask. `evicts` says whether that replaces another
+    /// question's live answer.
+    Miss { evicts: bool },
+    /// Someone else is asking: wait for their answer.
+    Wait,
+    /// The call this request was waiting for failed.
+    Failed,
+}
+
+/// `waiting_since_ms`: when this request started waiting for the question, if it is waiting.
+pub fn lookup(
+    record: Option<&Record>,
+    digest: &Digest,
+    now_ms: u64,
+    waiting_since_ms: Option<u64>,
+) -> Lookup {
+    let Some(record) = record else {
+        return Lookup::Miss { evicts: false };
+    };
+    if record.digest() != digest {
+        let live = match record {
+            Record::Ready { expires_ms, .. } => *expires_ms > now_ms,
+            Record::Pending { lease_until_ms, .. } => *lease_until_ms > now_ms,
+            Record::Failed { .. } => false,
+        };
+        return Lookup::Miss { evicts: live };
+    }
+    match record {
+        Record::Ready {
+            expires_ms, value, ..
+        } if *expires_ms > now_ms => Lookup::Hit(value.clone()),
+        Record::Pending { lease_until_ms, .. } if *lease_until_ms > now_ms => Lookup::Wait,
+        Record::Failed { at_ms, .. } if waiting_since_ms.is_some_and(|since| since <= *at_ms) => {
+            Lookup::Failed
+        }
+        _ => Lookup::Miss { evicts: false },
+    }
+}
+
+/// How long a TokenReview answer may be remembered: the configured TTL, but never past the token's
+/// own expiry. `None`: do not cache.
+pub fn token_review_expiry_ms(
+    now_ms: u64,
+    ttl_seconds: u32,
+    token_exp_seconds: Option<u64>,
+) -> Option<u64> {
+    let mut expires = now_ms.checked_add(u64::from(ttl_seconds).saturating_mul(1000))?;
+    if let Some(exp) = token_exp_seconds {
+        expires = expires.min(exp.saturating_mul(1000));
+    }
+    (expires > now_ms).then_some(expires)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const D: Digest = [7; 32];
+    const OTHER: Digest = [9; 32];
+
+    #[test]
+    fn records_round_trip() {
+        for record in [
+            Record::Ready {
+                digest: D,
+                expires_ms: 5,
+                value: b"user".to_vec(),
+            },
+            Record::Ready {
+                digest: D,
+                expires_ms: 5,
+                value: vec![],
+            },
+            Record::Pending {
+                digest: D,
+                lease_until_ms: 6,
+            },
+            Record::Failed {
+                digest: D,
+                at_ms: 7,
+            },
+        ] {
+            assert_eq!(Record::decode(&record.encode()), Some(record));
+        }
+        assert_eq!(Record::decode(b""), None);
+        assert_eq!(Record::decode(&[1; 20]), None);
+        assert_eq!(Record::decode(&[4; 41]), None);
+    }
+
+    #[test]
+    fn keys_never_contain_the_token_and_differ_by_audience() {
+        let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let plain = token_review_key(token, &[]);
+        let with_audience = token_review_key(token, &["metrics-gate".to_owned()]);
+        assert_ne!(plain, with_audience);
+        let key = slot_key(Table::TokenReview, &plain, 8192);
+        assert!(key.starts_with("metrics-gate/tr/") && !key.contains(token));
+        let slot: u32 = key.trim_start_matches("metrics-gate/tr/").parse().unwrap();
+        assert!(slot < 8192);
+        assert_ne!(access_review_key(b"{}"), access_review_key(b"{ }"));
+    }
+
+    #[test]
+    fn lookup_follows_the_record() {
+        assert_eq!(lookup(None, &D, 10, None), Lookup::Miss { evicts: false });
+        let ready = Record::Ready {
+            digest: D,
+            expires_ms: 20,
+            value: b"v".to_vec(),
+        };
+        assert_eq!(
+            lookup(Some(&ready), &D, 10, None),
+            Lookup::Hit(b"v".to_vec())
+        );
+        assert_eq!(
+            lookup(Some(&ready), &D, 20, None),
+            Lookup::Miss { evicts: false },
+            "expired"
+        );
+        assert_eq!(
+            lookup(Some(&ready), &OTHER, 10, None),
+            Lookup::Miss { evicts: true }
+        );
+        assert_eq!(
+            lookup(Some(&ready), &OTHER, 30, None),
+            Lookup::Miss { evicts: false }
+        );
+        let pending = Record::Pending {
+            digest: D,
+            lease_until_ms: 20,
+        };
+        assert_eq!(lookup(Some(&pending), &D, 10, Some(5)), Lookup::Wait);
+        assert_eq!(
+            lookup(Some(&pending), &D, 25, Some(5)),
+            Lookup::Miss { evicts: false },
+            "lease over: take over"
+        );
+    }
+
+    #[test]
+    fn a_failure_answers_only_those_already_waiting() {
+        let failed = Record::Failed {
+            digest: D,
+            at_ms: 10,
+        };
+        assert_eq!(lookup(Some(&failed), &D, 11, Some(8)), Lookup::Failed);
+        assert_eq!(
+            lookup(Some(&failed), &D, 11, None),
+            Lookup::Miss { evicts: false },
+            "new requests ask again"
+        );
+        assert_eq!(
+            lookup(Some(&failed), &D, 12, Some(11)),
+            Lookup::Miss { evicts: false }
+        );
+    }
+
+    #[test]
+    fn token_reviews_are_not_remembered_past_the_token() {
+        assert_eq!(token_review_expiry_ms(1_000, 120, None), Some(121_000));
+        assert_eq!(token_review_expiry_ms(1_000, 120, Some(60)), Some(60_000));
+        assert_eq!(
+            token_review_expiry_ms(1_000, 120, Some(1)),
+            None,
+            "expires now"
+        );
+        assert_eq!(token_review_expiry_ms(1_000, 0, None), None, "caching off");
+    }
+}

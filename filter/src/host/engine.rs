@@ -1,0 +1,394 @@
+//! Carries requests through the gate: every request's state lives here, per VM (one per worker
+//! thread), so that whichever callback arrives — the request's own headers, an apiserver answer, or
+//! the root context's timer for requests waiting on another request's review — can move it on.
+//!
+//! State is taken out of the table while a request is worked on and put back only if it still
+//! waits: host calls such as `resume_http_request` may re-enter the VM (a local reply finishing the
+//! stream), and nothing may be borrowed then.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+use super::shared::{self, CalloutLease, Slot};
+use super::Shared;
+use crate::cache::{Lookup, Record};
+use crate::gate::{Callout, Gate, Step};
+use crate::reply::{Outcome, Reply};
+use crate::review::{Answer, ApiserverTrouble};
+
+/// How often requests waiting on another request's review look for its answer.
+pub const WAIT_POLL: Duration = Duration::from_millis(10);
+
+/// Where a step is carried out: in the request's header callback (answer with continue/pause) or
+/// later, from a callout answer or the timer (resume or answer the request ourselves).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Headers,
+    Later,
+}
+
+/// What the header callback should tell Envoy.
+pub enum Verdict {
+    Continue,
+    Pause,
+}
+
+pub struct RequestState {
+    pub shared: Rc<Shared>,
+    pub gate: Gate,
+    /// The review being asked (or waited for), and when the request arrived.
+    pending: Option<Callout>,
+    now_ms: u64,
+    waiting_since_ms: Option<u64>,
+    /// This request claimed the question's slot (and must release it if it goes away).
+    owns_slot: bool,
+    lease: Option<CalloutLease>,
+}
+
+impl RequestState {
+    pub fn new(shared: Rc<Shared>, now_ms: u64) -> RequestState {
+        RequestState {
+            shared,
+            gate: Gate::default(),
+            pending: None,
+            now_ms,
+            waiting_since_ms: None,
+            owns_slot: false,
+            lease: None,
+        }
+    }
+}
+
+thread_local! {
+    static REQUESTS: RefCell<HashMap<u32, RequestState>> = RefCell::new(HashMap::new());
+    /// Callout token → the request it asks for.
+    static CALLOUTS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+    /// Requests waiting on another request's review.
+    static WAITERS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn park(id: u32, state: RequestState) {
+    REQUESTS.with(|r| r.borrow_mut().insert(id, state));
+}
+
+fn take(id: u32) -> Option<RequestState> {
+    REQUESTS.with(|r| r.borrow_mut().remove(&id))
+}
+
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Moves request `id` on from `step` until it is answered, forwarded, or waits.
+pub fn advance(id: u32, mut state: RequestState, mut step: Step, phase: Phase) -> Verdict {
+    // Bounded: a request asks two questions at most, each at most a few times around this loop.
+    for _ in 0..8 {
+        step = match step {
+            Step::Reply(reply) => {
+                send_reply(&state.shared, &reply);
+                return Verdict::Pause;
+            }
+            Step::Forward(forward) => return forward_request(&state.shared, forward, phase),
+            Step::Call(callout) => match ask(id, &mut state, callout) {
+                Asked::Answer(answer) => state.gate.on_answer(&state.shared.config, answer),
+                Asked::Waiting => {
+                    park(id, state);
+                    return Verdict::Pause;
+                }
+            },
+        };
+    }
+    let detail = "too many steps for one request".to_owned();
+    let step = state.gate.trouble(&state.shared.config, detail);
+    if let Step::Reply(reply) = step {
+        send_reply(&state.shared, &reply);
+    }
+    Verdict::Pause
+}
+
+enum Asked {
+    /// Known now (cache hit, or a failure): go on.
+    Answer(Result<Answer, ApiserverTrouble>),
+    /// The request must wait (for its own callout or someone else's).
+    Waiting,
+}
+
+/// Gets the answer to `callout`: from the cache, by waiting for whoever asks already, or by asking.
+fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
+    let shared = Rc::clone(&state.shared);
+    let config = &shared.config;
+    let max = config.cache.max_entries;
+    let now = now_ms();
+    // Two rounds: a lost race for the slot is settled by reading it again.
+    for _ in 0..2 {
+        let slot = Slot::read(callout.table, &callout.key, max);
+        let lookup = match slot.lookup(&callout.key, now, state.waiting_since_ms) {
+            Lookup::Hit(bytes) => match Answer::decode(callout.table, &bytes) {
+                Some(answer) => {
+                    shared.metrics.count_cache(true);
+                    state.waiting_since_ms = None;
+                    return Asked::Answer(Ok(answer));
+                }
+                // Unreadable (written by another version of the filter?): ask again.
+                None => Lookup::Miss { evicts: false },
+            },
+            other => other,
+        };
+        match lookup {
+            Lookup::Hit(_) => {}
+            Lookup::Wait => {
+                if state.waiting_since_ms.is_none() {
+                    state.waiting_since_ms = Some(now);
+                    shared.metrics.count_coalesced();
+                    WAITERS.with(|w| w.borrow_mut().push(id));
+                    let _ = hostcalls::set_tick_period(WAIT_POLL);
+                } else if now.saturating_sub(state.waiting_since_ms.unwrap_or(now))
+                    > lease_ms(config.apiserver_timeout_ms)
+                {
+                    return Asked::Answer(Err(ApiserverTrouble(
+                        "waited too long for another request's review".into(),
+                    )));
+                } else {
+                    WAITERS.with(|w| w.borrow_mut().push(id));
+                }
+                state.pending = Some(callout);
+                return Asked::Waiting;
+            }
+            Lookup::Failed => {
+                return Asked::Answer(Err(ApiserverTrouble(
+                    "the review this request waited for failed".into(),
+                )));
+            }
+            Lookup::Miss { evicts } => {
+                let claim = Record::Pending {
+                    digest: callout.key,
+                    lease_until_ms: now + lease_ms(config.apiserver_timeout_ms),
+                };
+                if slot.replace(&claim).is_err() {
+                    continue;
+                }
+                shared.metrics.count_cache(false);
+                if evicts {
+                    shared.metrics.count_eviction();
+                }
+                state.owns_slot = true;
+                return dispatch(id, state, callout, now);
+            }
+        }
+    }
+    Asked::Answer(Err(ApiserverTrouble("the cache slot kept changing".into())))
+}
+
+fn lease_ms(timeout_ms: u64) -> u64 {
+    timeout_ms + 1_000
+}
+
+fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> Asked {
+    let shared = Rc::clone(&state.shared);
+    let config = &shared.config;
+    let [_, _, _, _, a, b, c, d, ..] = callout.key;
+    let start = u32::from_be_bytes([a, b, c, d]);
+    let Some(lease) = shared::acquire_callout(
+        config.max_callouts_in_flight,
+        start,
+        now,
+        now + lease_ms(config.apiserver_timeout_ms),
+    ) else {
+        shared.metrics.count_cap_rejection();
+        give_up_slot(state, &callout, now);
+        return Asked::Answer(Err(ApiserverTrouble(format!(
+            "{} reviews already in flight on this node (max_callouts_in_flight)",
+            config.max_callouts_in_flight
+        ))));
+    };
+    let headers = vec![
+        (":method", "POST"),
+        (":path", callout.path),
+        (":authority", config.apiserver_authority.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+    let timeout = Duration::from_millis(config.apiserver_timeout_ms);
+    match hostcalls::dispatch_http_call(
+        &config.apiserver_cluster,
+        headers,
+        Some(&callout.body),
+        vec![],
+        timeout,
+    ) {
+        Ok(token) => {
+            shared.metrics.callouts_in_flight(1);
+            CALLOUTS.with(|c| c.borrow_mut().insert(token, id));
+            state.lease = Some(lease);
+            state.pending = Some(callout);
+            state.now_ms = now;
+            Asked::Waiting
+        }
+        Err(status) => {
+            shared::release_callout(lease);
+            give_up_slot(state, &callout, now);
+            Asked::Answer(Err(ApiserverTrouble(format!(
+                "could not send the review to cluster {:?}: {status:?}",
+                config.apiserver_cluster
+            ))))
+        }
+    }
+}
+
+/// The claimed question will not be asked after all: tell whoever waits.
+fn give_up_slot(state: &mut RequestState, callout: &Callout, now: u64) {
+    if std::mem::take(&mut state.owns_slot) {
+        let failed = Record::Failed {
+            digest: callout.key,
+            at_ms: now,
+        };
+        Slot::overwrite(
+            callout.table,
+            &callout.key,
+            state.shared.config.cache.max_entries,
+            &failed,
+        );
+    }
+}
+
+/// The apiserver answered callout `token` (called from whichever context the SDK routes it to).
+pub fn on_callout_answer(token: u32, body_size: usize) {
+    // Read the answer first: it belongs to the callback in progress.
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u16>().ok());
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let Some(id) = CALLOUTS.with(|c| c.borrow_mut().remove(&token)) else {
+        return;
+    };
+    let Some(mut state) = take(id) else { return };
+    let _ = hostcalls::set_effective_context(id);
+    let now = now_ms();
+    state.shared.metrics.callouts_in_flight(-1);
+    state
+        .shared
+        .metrics
+        .record_callout_ms(now.saturating_sub(state.now_ms));
+    if let Some(lease) = state.lease.take() {
+        shared::release_callout(lease);
+    }
+    let Some(callout) = state.pending.take() else {
+        return;
+    };
+    let config = &state.shared.config;
+    let answer = Answer::read(callout.table, config, status, &body);
+    state.owns_slot = false;
+    let record = match &answer {
+        Ok(a) => match callout.cache_until(config, a, state.now_ms) {
+            Some(expires_ms) => Record::Ready {
+                digest: callout.key,
+                expires_ms,
+                value: a.encode(),
+            },
+            // Not cacheable: release the waiters with a fresh "ask again" — a Failed record older
+            // than nobody, so they ask themselves.
+            None => Record::Failed {
+                digest: callout.key,
+                at_ms: 0,
+            },
+        },
+        Err(_) => Record::Failed {
+            digest: callout.key,
+            at_ms: now,
+        },
+    };
+    Slot::overwrite(
+        callout.table,
+        &callout.key,
+        config.cache.max_entries,
+        &record,
+    );
+    let step = state.gate.on_answer(config, answer);
+    let _ = advance(id, state, step, Phase::Later);
+}
+
+/// The root context's timer: moves on requests waiting for another request's review.
+/// Returns whether any are still waiting.
+pub fn poll_waiters() -> bool {
+    let waiting = WAITERS.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    for id in waiting {
+        let Some(mut state) = take(id) else { continue };
+        let Some(callout) = state.pending.take() else {
+            continue;
+        };
+        let _ = hostcalls::set_effective_context(id);
+        let _ = advance(id, state, Step::Call(callout), Phase::Later);
+    }
+    WAITERS.with(|w| !w.borrow().is_empty())
+}
+
+/// The request is gone (answered, forwarded, or the client left): forget it, and hand a claimed
+/// question back so waiters need not sit out the lease.
+pub fn forget(id: u32) {
+    let Some(mut state) = take(id) else { return };
+    if let Some(lease) = state.lease.take() {
+        state.shared.metrics.callouts_in_flight(-1);
+        shared::release_callout(lease);
+    }
+    if let Some(callout) = state.pending.take() {
+        give_up_slot(&mut state, &callout, 0);
+    }
+    WAITERS.with(|w| w.borrow_mut().retain(|w| *w != id));
+}
+
+fn send_reply(shared: &Shared, reply: &Reply) {
+    shared.metrics.count(reply.outcome);
+    if let Some(detail) = &reply.log_detail {
+        log::warn!("metrics-gate: answering {}: {detail}", reply.status);
+    }
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    if hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes())).is_err() {
+        // Could not answer: end the stream rather than let it continue upstream.
+        let _ = hostcalls::reset_http_request();
+    }
+}
+
+fn forward_request(shared: &Shared, forward: crate::gate::Forward, phase: Phase) -> Verdict {
+    let edited = forward
+        .remove
+        .iter()
+        .try_for_each(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name))
+        .and_then(|()| {
+            forward.set.iter().try_for_each(|(name, value)| {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+            })
+        });
+    if let Err(status) = edited {
+        // The caller's credentials might still be on the request: do not let it pass.
+        let mut reply = Reply::apiserver_unavailable(shared.config.retry_after_seconds);
+        reply.log_detail = Some(format!("cannot edit request headers: {status:?}"));
+        send_reply(shared, &reply);
+        return Verdict::Pause;
+    }
+    shared.metrics.count(Outcome::Allowed);
+    match phase {
+        Phase::Headers => Verdict::Continue,
+        Phase::Later => {
+            if hostcalls::resume_http_request().is_err() {
+                let _ = hostcalls::reset_http_request();
+            }
+            Verdict::Pause
+        }
+    }
+}
