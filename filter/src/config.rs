@@ -31,6 +31,12 @@ pub struct Config {
     /// Reviews in flight to the apiserver from the whole node (all workers, all listeners); beyond
     /// it requests get 503 rather than pile onto the apiserver.
     pub max_callouts_in_flight: u32,
+    /// Trust a client certificate that the listener verified (CN user, O groups) instead of a
+    /// token. Only for listeners whose TLS context verifies client certificates against a CA.
+    pub client_certificates: bool,
+    /// Send the caller's own `Authorization` on to the component (`passthrough` upstream
+    /// credentials); by default it never leaves the proxy.
+    pub forward_caller_credentials: bool,
 }
 
 /// How long answers are remembered (kube-rbac-proxy's defaults); 0 turns a kind off.
@@ -131,6 +137,10 @@ struct RawConfig {
     #[serde(default)]
     cache: CacheConfig,
     max_callouts_in_flight: Option<u32>,
+    #[serde(default)]
+    client_certificates: bool,
+    #[serde(default)]
+    forward_caller_credentials: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +300,8 @@ impl RawConfig {
             max_token_bytes,
             cache: self.cache,
             max_callouts_in_flight,
+            client_certificates: self.client_certificates,
+            forward_caller_credentials: self.forward_caller_credentials,
         })
     }
 }

@@ -120,3 +120,105 @@ mod tests {
         );
     }
 }
+
+/// The identity in a verified client certificate's subject, the way kube-apiserver reads one: the
+/// first CN is the user, every O a group, plus `system:authenticated`.
+///
+/// `subject` is Envoy's RFC 2253 rendering (`CN=name,O=group1,O=group2`; `\,` escapes a comma).
+pub fn certificate_identity(subject: &str) -> Option<(String, Vec<String>)> {
+    let mut user = None;
+    let mut groups = Vec::new();
+    for rdn in split_unescaped(subject, ',') {
+        // Multi-valued RDNs (`+`) are rare in client certificates; each part counts on its own.
+        for attribute in split_unescaped(&rdn, '+') {
+            let Some((kind, value)) = attribute.split_once('=') else {
+                continue;
+            };
+            let value = unescape(value.trim());
+            match kind.trim() {
+                "CN" if user.is_none() && !value.is_empty() => user = Some(value),
+                "O" if !value.is_empty() => groups.push(value),
+                _ => {}
+            }
+        }
+    }
+    let user = user?;
+    groups.push("system:authenticated".to_owned());
+    Some((user, groups))
+}
+
+fn split_unescaped(text: &str, separator: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut escaped = false;
+    for c in text.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == separator {
+            parts.push(String::new());
+            continue;
+        }
+        if let Some(last) = parts.last_mut() {
+            last.push(c);
+        }
+    }
+    parts
+}
+
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut escaped = false;
+    for c in value.chars() {
+        if !escaped && c == '\\' {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::certificate_identity;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn cn_is_the_user_and_every_o_a_group() {
+        assert_eq!(
+            certificate_identity("CN=prometheus,O=monitoring,O=system:monitoring"),
+            Some((
+                "prometheus".to_owned(),
+                vec![
+                    "monitoring".into(),
+                    "system:monitoring".into(),
+                    "system:authenticated".into()
+                ]
+            ))
+        );
+        assert_eq!(
+            certificate_identity("O=b,CN=system:kube-scheduler"),
+            Some((
+                "system:kube-scheduler".to_owned(),
+                vec!["b".into(), "system:authenticated".into()]
+            ))
+        );
+        assert_eq!(
+            certificate_identity(r"CN=a\,b,O=x\+y"),
+            Some((
+                "a,b".to_owned(),
+                vec!["x+y".into(), "system:authenticated".into()]
+            ))
+        );
+    }
+
+    #[test]
+    fn a_subject_without_cn_is_no_identity() {
+        assert_eq!(certificate_identity("O=masters"), None);
+        assert_eq!(certificate_identity(""), None);
+        assert_eq!(certificate_identity("CN="), None);
+    }
+}

@@ -19,7 +19,7 @@
 
 use crate::cache::{self, Digest, Table};
 use crate::config::Config;
-use crate::credentials::bearer_token;
+use crate::credentials::{self, bearer_token};
 use crate::jwt;
 use crate::reply::Reply;
 use crate::review::{self, Answer, ApiserverTrouble, Attributes, Authentication, User};
@@ -30,6 +30,8 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     /// Every request header as Envoy has it (names lowercase).
     pub headers: &'a [(String, String)],
+    /// Subject of the client certificate the listener verified, if any.
+    pub peer_subject: Option<&'a str>,
 }
 
 /// What the host must do next.
@@ -116,12 +118,6 @@ impl Gate {
             "GET" | "HEAD" => "get",
             _ => return self.finish(Reply::method_not_allowed()),
         };
-        let headers = head.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        let token = match bearer_token(headers, config.max_token_bytes) {
-            Ok(token) => token,
-            // Missing, duplicate and malformed all get the same challenge: send one bearer token.
-            Err(_problem) => return self.finish(Reply::unauthorized(false)),
-        };
         let attributes = match &config.resource_attributes {
             None => Attributes::NonResource {
                 path: path.to_owned(),
@@ -132,16 +128,35 @@ impl Gate {
                 attrs: attrs.clone(),
             },
         };
+        let strip = headers_to_strip(config, head.headers);
+        // A verified client certificate wins over a token, as in kube-apiserver (x509 is asked
+        // first); the token is still removed before forwarding.
+        let certificate = head.peer_subject.filter(|_| config.client_certificates);
+        if let Some((username, groups)) = certificate.and_then(credentials::certificate_identity) {
+            let user = User {
+                username,
+                groups,
+                ..User::default()
+            };
+            self.phase = Phase::AwaitingTokenReview { attributes, strip };
+            return self.on_answer(
+                config,
+                Ok(Answer::Token(Authentication::Authenticated(user))),
+            );
+        }
+        let headers = head.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let token = match bearer_token(headers, config.max_token_bytes) {
+            Ok(token) => token,
+            // Missing, duplicate and malformed all get the same challenge: send one bearer token.
+            Err(_problem) => return self.finish(Reply::unauthorized(false)),
+        };
         let body = review::token_review_body(token, &config.audiences);
         let cache_until_ms = cache::token_review_expiry_ms(
             now_ms,
             config.cache.token_review_ttl_seconds,
             jwt::expiry(token),
         );
-        self.phase = Phase::AwaitingTokenReview {
-            attributes,
-            strip: headers_to_strip(config, head.headers),
-        };
+        self.phase = Phase::AwaitingTokenReview { attributes, strip };
         Step::Call(Callout {
             table: Table::TokenReview,
             key: cache::token_review_key(token, &config.audiences),
@@ -245,7 +260,7 @@ fn headers_to_strip(config: &Config, headers: &[(String, String)]) -> Vec<String
         .map(|(name, _)| name)
         .filter(|name| {
             let name = name.to_ascii_lowercase();
-            name == "authorization"
+            (name == "authorization" && !config.forward_caller_credentials)
                 || name.starts_with("x-remote-")
                 || config
                     .identity_headers

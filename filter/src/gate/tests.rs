@@ -31,6 +31,7 @@ fn start(config: &Config, method: &str, path: &str, pairs: &[(&str, &str)]) -> (
             method,
             path,
             headers: &headers,
+            peer_subject: None,
         },
         NOW_MS,
     );
@@ -359,4 +360,50 @@ fn a_cached_answer_drives_the_gate_like_a_fresh_one() {
         reply(gate.on_answer(&c, Ok(Answer::Access(true)))).status,
         503
     );
+}
+
+#[test]
+fn a_verified_client_certificate_is_the_identity_when_trusted() {
+    let c = config(r#"{"client_certificates":true}"#);
+    let headers = headers(&[BEARER]);
+    let mut gate = Gate::default();
+    let head = RequestHead {
+        method: "GET",
+        path: "/metrics",
+        headers: &headers,
+        peer_subject: Some("CN=scraper,O=monitoring"),
+    };
+    // Straight to the SubjectAccessReview: no TokenReview for a certificate.
+    let sar = callout(gate.on_request(&c, &head, NOW_MS));
+    assert_eq!(sar.table, Table::AccessReview);
+    let body: serde_json::Value = serde_json::from_slice(&sar.body).unwrap();
+    assert_eq!(body["spec"]["user"], "scraper");
+    assert_eq!(
+        body["spec"]["groups"],
+        serde_json::json!(["monitoring", "system:authenticated"])
+    );
+    let Step::Forward(forward) = gate.on_answer(&c, Ok(Answer::Access(true))) else {
+        panic!("expected forward")
+    };
+    assert_eq!(
+        forward.remove,
+        vec!["authorization"],
+        "the token is still removed"
+    );
+
+    // Without the option the certificate is ignored and the token is reviewed.
+    let c = config("{}");
+    let tr = callout(Gate::default().on_request(&c, &head, NOW_MS));
+    assert_eq!(tr.table, Table::TokenReview);
+}
+
+#[test]
+fn callers_credentials_are_forwarded_only_when_configured() {
+    let c = config(r#"{"forward_caller_credentials":true}"#);
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER, ("x-remote-user", "x")]);
+    gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
+    let Step::Forward(forward) = gate.on_review_answer(&c, Some(201), SAR_ALLOWED) else {
+        panic!("expected forward")
+    };
+    assert_eq!(forward.remove, vec!["x-remote-user"]);
 }

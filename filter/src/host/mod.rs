@@ -230,10 +230,21 @@ impl HttpContext for Request {
                 .find(|(name, _)| name == wanted)
                 .map_or("", |(_, v)| v.as_str())
         };
+        // Only looked up when trusted: one host call less on every other request.
+        let peer_subject = if self.shared.config.client_certificates {
+            hostcalls::get_property(vec!["connection", "subject_peer_certificate"])
+                .ok()
+                .flatten()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|subject| !subject.is_empty())
+        } else {
+            None
+        };
         let head = RequestHead {
             method: find(":method"),
             path: find(":path"),
             headers: &headers,
+            peer_subject: peer_subject.as_deref(),
         };
         let now = engine::now_ms();
         let step = state.gate.on_request(&self.shared.config, &head, now);
