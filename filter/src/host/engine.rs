@@ -7,7 +7,6 @@
 //! stream), and nothing may be borrowed then.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,19 +64,26 @@ impl RequestState {
 }
 
 thread_local! {
-    static REQUESTS: RefCell<HashMap<u32, RequestState>> = RefCell::new(HashMap::new());
+    static REQUESTS: RefCell<Vec<(u32, RequestState)>> = const { RefCell::new(Vec::new()) };
     /// Callout token → the request it asks for.
-    static CALLOUTS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+    static CALLOUTS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
     /// Requests waiting on another request's review.
     static WAITERS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The tables hold only requests waiting on a review (a few at a time, bounded by the callout cap
+/// and by coalescing): a vector is smaller in the .wasm than a hash map and as fast at that size.
+fn remove_entry<V>(table: &mut Vec<(u32, V)>, key: u32) -> Option<V> {
+    let index = table.iter().position(|(k, _)| *k == key)?;
+    Some(table.swap_remove(index).1)
+}
+
 fn park(id: u32, state: RequestState) {
-    REQUESTS.with(|r| r.borrow_mut().insert(id, state));
+    REQUESTS.with(|r| r.borrow_mut().push((id, state)));
 }
 
 fn take(id: u32) -> Option<RequestState> {
-    REQUESTS.with(|r| r.borrow_mut().remove(&id))
+    REQUESTS.with(|r| remove_entry(&mut r.borrow_mut(), id))
 }
 
 pub fn now_ms() -> u64 {
@@ -226,7 +232,7 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
     ) {
         Ok(token) => {
             shared.metrics.callouts_in_flight(1);
-            CALLOUTS.with(|c| c.borrow_mut().insert(token, id));
+            CALLOUTS.with(|c| c.borrow_mut().push((token, id)));
             state.lease = Some(lease);
             state.pending = Some(callout);
             state.now_ms = now;
@@ -270,7 +276,7 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
         .ok()
         .flatten()
         .unwrap_or_default();
-    let Some(id) = CALLOUTS.with(|c| c.borrow_mut().remove(&token)) else {
+    let Some(id) = CALLOUTS.with(|c| remove_entry(&mut c.borrow_mut(), token)) else {
         return;
     };
     let Some(mut state) = take(id) else { return };
