@@ -73,7 +73,7 @@ manifests:
       echo "==> kubectl kustomize manifests/$d"; \
       kubectl kustomize {{root}}/manifests/$d > /dev/null; \
     done
-    @echo "==> ready: kubectl apply -k manifests/overlays/control-plane (or overlays/all-nodes)"
+    @echo "==> ready: kubectl apply --server-side -k manifests/overlays/control-plane (or overlays/all-nodes)"
 
 # The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
 demo: build
