@@ -5,9 +5,12 @@
 //! metrics must not guess. Every problem is reported as `<field>: <problem>` so that the single log
 //! line Envoy prints when it refuses the configuration tells the operator what to fix.
 
+use crate::text::quoted;
 use std::fmt;
 
-use serde::Deserialize;
+use serde_json::Value;
+
+use crate::fields::Fields;
 
 /// What the filter needs at request time, validated once in `on_configure`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,7 @@ pub struct Config {
     pub resource_attributes: Option<ResourceAttributes>,
     pub identity_headers: Option<IdentityHeaders>,
     pub retry_after_seconds: u32,
-    pub max_token_bytes: usize,
+    pub max_token_bytes: u64,
     pub cache: CacheConfig,
     /// Reviews in flight to the apiserver from the whole node (all workers, all listeners); beyond
     /// it requests get 503 rather than pile onto the apiserver.
@@ -40,8 +43,7 @@ pub struct Config {
 }
 
 /// How long answers are remembered (kube-rbac-proxy's defaults); 0 turns a kind off.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     pub token_review_ttl_seconds: u32,
     pub allow_ttl_seconds: u32,
@@ -61,20 +63,13 @@ impl Default for CacheConfig {
     }
 }
 /// SubjectAccessReview `resourceAttributes` (the verb comes from the request method).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ResourceAttributes {
-    #[serde(default)]
     pub namespace: String,
-    #[serde(default)]
     pub api_group: String,
-    #[serde(default)]
     pub api_version: String,
-    #[serde(default)]
     pub resource: String,
-    #[serde(default)]
     pub subresource: String,
-    #[serde(default)]
     pub name: String,
 }
 
@@ -94,7 +89,7 @@ pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 5;
 pub const DEFAULT_MAX_CALLOUTS_IN_FLIGHT: u32 = 64;
 /// Projected ServiceAccount tokens are about 1 KB; 8 KiB leaves room for large OIDC tokens while
 /// keeping a flood of giant headers from reaching the apiserver.
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_MAX_TOKEN_BYTES: u64 = 8 * 1024;
 
 /// A configuration problem, with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,54 +108,38 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn problem(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn problem(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         problem: problem.into(),
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The configuration as written, before defaults and checks.
+#[derive(Default)]
 struct RawConfig {
-    #[serde(default)]
     apiserver: RawApiserver,
     allowed_paths: Option<Vec<String>>,
-    #[serde(default)]
     audiences: Vec<String>,
-    #[serde(default)]
-    authorization: RawAuthorization,
-    #[serde(default)]
+    resource_attributes: Option<ResourceAttributes>,
     identity_headers: RawIdentityHeaders,
-    retry_after_seconds: Option<u32>,
-    max_token_bytes: Option<usize>,
-    #[serde(default)]
+    retry_after_seconds: Option<u64>,
+    max_token_bytes: Option<u64>,
     cache: CacheConfig,
-    max_callouts_in_flight: Option<u32>,
-    #[serde(default)]
+    max_callouts_in_flight: Option<u64>,
     client_certificates: bool,
-    #[serde(default)]
     forward_caller_credentials: bool,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawApiserver {
     cluster: Option<String>,
     authority: Option<String>,
     timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAuthorization {
-    resource_attributes: Option<ResourceAttributes>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawIdentityHeaders {
-    #[serde(default)]
     enabled: bool,
     user: Option<String>,
     groups: Option<String>,
@@ -170,16 +149,117 @@ struct RawIdentityHeaders {
 impl Config {
     /// Parses and checks the plugin configuration. Empty input means "all defaults".
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
-        let raw: RawConfig = if json.iter().all(u8::is_ascii_whitespace) {
-            RawConfig::default()
-        } else {
-            serde_json::from_slice(json).map_err(|e| problem("configuration", e.to_string()))?
-        };
-        raw.validate()
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return RawConfig::default().validate();
+        }
+        let value: Value =
+            serde_json::from_slice(json).map_err(|e| problem("configuration", e.to_string()))?;
+        RawConfig::read(&value)?.validate()
+    }
+}
+
+/// A TTL or count that must fit in 32 bits.
+fn small(fields: &Fields<'_>, key: &str, default: u32) -> Result<u32, ConfigError> {
+    match fields.number(key)? {
+        None => Ok(default),
+        Some(n) => u32::try_from(n)
+            .map_err(|_| problem(fields.path_of(key), format!("is too large (got {n})"))),
     }
 }
 
 impl RawConfig {
+    fn read(value: &Value) -> Result<RawConfig, ConfigError> {
+        let top = Fields::of(
+            "configuration",
+            Some(value),
+            &[
+                "apiserver",
+                "allowed_paths",
+                "audiences",
+                "authorization",
+                "identity_headers",
+                "retry_after_seconds",
+                "max_token_bytes",
+                "cache",
+                "max_callouts_in_flight",
+                "client_certificates",
+                "forward_caller_credentials",
+            ],
+        )?;
+        let api = top.object("apiserver", &["cluster", "authority", "timeout_ms"])?;
+        let authorization = top.object("authorization", &["resource_attributes"])?;
+        let resource_attributes = match authorization.has("resource_attributes") {
+            true => {
+                let ra = authorization.object(
+                    "resource_attributes",
+                    &[
+                        "namespace",
+                        "api_group",
+                        "api_version",
+                        "resource",
+                        "subresource",
+                        "name",
+                    ],
+                )?;
+                let text = |key| ra.string(key).map(Option::unwrap_or_default);
+                Some(ResourceAttributes {
+                    namespace: text("namespace")?,
+                    api_group: text("api_group")?,
+                    api_version: text("api_version")?,
+                    resource: text("resource")?,
+                    subresource: text("subresource")?,
+                    name: text("name")?,
+                })
+            }
+            false => None,
+        };
+        let identity = top.object(
+            "identity_headers",
+            &["enabled", "user", "groups", "groups_separator"],
+        )?;
+        let cache = top.object(
+            "cache",
+            &[
+                "token_review_ttl_seconds",
+                "allow_ttl_seconds",
+                "deny_ttl_seconds",
+                "max_entries",
+            ],
+        )?;
+        let defaults = CacheConfig::default();
+        Ok(RawConfig {
+            apiserver: RawApiserver {
+                cluster: api.string("cluster")?,
+                authority: api.string("authority")?,
+                timeout_ms: api.number("timeout_ms")?,
+            },
+            allowed_paths: top.strings("allowed_paths")?,
+            audiences: top.strings("audiences")?.unwrap_or_default(),
+            resource_attributes,
+            identity_headers: RawIdentityHeaders {
+                enabled: identity.boolean("enabled")?.unwrap_or(false),
+                user: identity.string("user")?,
+                groups: identity.string("groups")?,
+                groups_separator: identity.string("groups_separator")?,
+            },
+            retry_after_seconds: top.number("retry_after_seconds")?,
+            max_token_bytes: top.number("max_token_bytes")?,
+            cache: CacheConfig {
+                token_review_ttl_seconds: small(
+                    &cache,
+                    "token_review_ttl_seconds",
+                    defaults.token_review_ttl_seconds,
+                )?,
+                allow_ttl_seconds: small(&cache, "allow_ttl_seconds", defaults.allow_ttl_seconds)?,
+                deny_ttl_seconds: small(&cache, "deny_ttl_seconds", defaults.deny_ttl_seconds)?,
+                max_entries: small(&cache, "max_entries", defaults.max_entries)?,
+            },
+            max_callouts_in_flight: top.number("max_callouts_in_flight")?,
+            client_certificates: top.boolean("client_certificates")?.unwrap_or(false),
+            forward_caller_credentials: top.boolean("forward_caller_credentials")?.unwrap_or(false),
+        })
+    }
+
     fn validate(self) -> Result<Config, ConfigError> {
         let apiserver_cluster = self
             .apiserver
@@ -213,7 +293,7 @@ impl RawConfig {
             if allowed_paths.iter().take(i).any(|p| p == path) {
                 return Err(problem(
                     format!("allowed_paths[{i}]"),
-                    format!("{path:?} is listed twice"),
+                    format!("{} is listed twice", quoted(path)),
                 ));
             }
         }
@@ -227,7 +307,7 @@ impl RawConfig {
             }
         }
 
-        let resource_attributes = match self.authorization.resource_attributes {
+        let resource_attributes = match self.resource_attributes {
             Some(attrs) => {
                 check_resource_attributes(&attrs)?;
                 Some(attrs)
@@ -237,22 +317,18 @@ impl RawConfig {
 
         let identity_headers = self.identity_headers.validate()?;
 
-        let retry_after_seconds = self
-            .retry_after_seconds
-            .unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
-        if !(1..=3600).contains(&retry_after_seconds) {
-            return Err(problem(
-                "retry_after_seconds",
-                format!("must be between 1 and 3600 (got {retry_after_seconds})"),
-            ));
-        }
-        let max_token_bytes = self.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
-        if !(64..=65_536).contains(&max_token_bytes) {
-            return Err(problem(
-                "max_token_bytes",
-                format!("must be between 64 and 65536 (got {max_token_bytes})"),
-            ));
-        }
+        let retry_after_seconds = within(
+            "retry_after_seconds",
+            self.retry_after_seconds,
+            DEFAULT_RETRY_AFTER_SECONDS,
+            1..=3600,
+        )?;
+        let max_token_bytes = within(
+            "max_token_bytes",
+            self.max_token_bytes,
+            DEFAULT_MAX_TOKEN_BYTES,
+            64..=65_536,
+        )?;
 
         for (field, ttl) in [
             (
@@ -278,15 +354,12 @@ impl RawConfig {
                 ),
             ));
         }
-        let max_callouts_in_flight = self
-            .max_callouts_in_flight
-            .unwrap_or(DEFAULT_MAX_CALLOUTS_IN_FLIGHT);
-        if !(1..=1024).contains(&max_callouts_in_flight) {
-            return Err(problem(
-                "max_callouts_in_flight",
-                format!("must be between 1 and 1024 (got {max_callouts_in_flight})"),
-            ));
-        }
+        let max_callouts_in_flight = within(
+            "max_callouts_in_flight",
+            self.max_callouts_in_flight,
+            DEFAULT_MAX_CALLOUTS_IN_FLIGHT,
+            1..=1024,
+        )?;
 
         Ok(Config {
             apiserver_cluster,
@@ -304,6 +377,29 @@ impl RawConfig {
             forward_caller_credentials: self.forward_caller_credentials,
         })
     }
+}
+
+/// `value` (or `default`) if it lies in `range`, converted to the type the filter keeps.
+fn within<T: TryFrom<u64> + Into<u64> + Copy>(
+    field: &str,
+    value: Option<u64>,
+    default: T,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or_else(|| default.into());
+    let (low, high) = (range.start(), range.end());
+    if !range.contains(&value) {
+        return Err(problem(
+            field,
+            format!("must be between {low} and {high} (got {value})"),
+        ));
+    }
+    T::try_from(value).map_err(|_| {
+        problem(
+            field,
+            format!("must be between {low} and {high} (got {value})"),
+        )
+    })
 }
 
 impl RawIdentityHeaders {
@@ -353,7 +449,10 @@ fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
     } else {
         Err(problem(
             field,
-            format!("must be 1-253 characters of [A-Za-z0-9-._:] (got {value:?})"),
+            format!(
+                "must be 1-253 characters of [A-Za-z0-9-._:] (got {})",
+                quoted(value)
+            ),
         ))
     }
 }
@@ -374,7 +473,7 @@ fn check_path(field: &str, path: &str) -> Result<(), ConfigError> {
     } else {
         return Ok(());
     };
-    Err(problem(field, format!("{why} (got {path:?})")))
+    Err(problem(field, format!("{why} (got {})", quoted(path))))
 }
 
 pub(crate) fn is_plain_path_byte(b: u8) -> bool {
@@ -390,14 +489,17 @@ fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if !ok {
         return Err(problem(
             field,
-            format!("must be a lowercase header name of [a-z0-9-] (got {name:?})"),
+            format!(
+                "must be a lowercase header name of [a-z0-9-] (got {})",
+                quoted(name)
+            ),
         ));
     }
     if matches!(
         name,
         "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding"
     ) {
-        return Err(problem(field, format!("{name:?} is reserved")));
+        return Err(problem(field, format!("{} is reserved", quoted(name))));
     }
     Ok(())
 }
@@ -426,7 +528,10 @@ fn check_resource_attributes(attrs: &ResourceAttributes) -> Result<(), ConfigErr
         if !ok {
             return Err(problem(
                 format!("{FIELD}.{name}"),
-                format!("must be at most 253 characters of [A-Za-z0-9-._] (got {value:?})"),
+                format!(
+                    "must be at most 253 characters of [A-Za-z0-9-._] (got {})",
+                    quoted(value)
+                ),
             ));
         }
     }

@@ -19,7 +19,7 @@ pub enum CredentialProblem {
 /// cannot be a token and is refused before the apiserver is asked.
 pub fn bearer_token<'h>(
     headers: impl IntoIterator<Item = (&'h str, &'h str)>,
-    max_token_bytes: usize,
+    max_token_bytes: u64,
 ) -> Result<&'h str, CredentialProblem> {
     let mut found = None;
     for (name, value) in headers {
@@ -39,7 +39,10 @@ pub fn bearer_token<'h>(
     if token.contains(',') {
         return Err(CredentialProblem::Duplicate);
     }
-    if token.is_empty() || token.len() > max_token_bytes || !is_token68(token) {
+    if token.is_empty()
+        || u64::try_from(token.len()).unwrap_or(u64::MAX) > max_token_bytes
+        || !is_token68(token)
+    {
         return Err(CredentialProblem::Malformed);
     }
     Ok(token)

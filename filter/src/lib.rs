@@ -9,11 +9,13 @@
 pub mod cache;
 pub mod config;
 pub mod credentials;
+mod fields;
 pub mod gate;
 pub mod jwt;
 pub mod metrics;
 pub mod reply;
 pub mod review;
+mod text;
 
 #[cfg(target_os = "wasi")]
 mod host;

@@ -3,6 +3,8 @@
 //! Bodies are short plain text: enough for a person with curl to know what to fix, nothing a caller
 //! could learn the proxy's configuration or anyone's token from.
 
+use crate::text::quoted;
+
 /// Why a request ended the way it did; one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -81,7 +83,10 @@ impl Reply {
         Reply::text(
             403,
             Outcome::Forbidden,
-            format!("403 Forbidden: user {username:?} cannot {checked}\n"),
+            format!(
+                "403 Forbidden: user {} cannot {checked}\n",
+                quoted(username)
+            ),
         )
     }
 

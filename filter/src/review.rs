@@ -1,12 +1,13 @@
 //! The two Kubernetes API reviews the filter asks for, in their wire format
 //! (authentication.k8s.io/v1 TokenReview, authorization.k8s.io/v1 SubjectAccessReview).
 //!
-//! Hand-written rather than generated from k8s-openapi: the filter needs a handful of fields, and the
-//! generated types would triple the size of the .wasm.
+//! Hand-written on `serde_json::Value` rather than generated (k8s-openapi would triple the .wasm) or
+//! derived (each derived type adds its own serde code): the filter needs a handful of fields.
 
+use crate::text::quoted;
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
 use crate::cache::Table;
 use crate::config::{Config, ResourceAttributes};
@@ -15,16 +16,66 @@ pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews
 pub const SUBJECT_ACCESS_REVIEW_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 
 /// Who the apiserver says the caller is; carried unchanged into the SubjectAccessReview.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct User {
-    #[serde(default)]
     pub username: String,
-    #[serde(default)]
     pub uid: String,
-    #[serde(default)]
     pub groups: Vec<String>,
-    #[serde(default)]
     pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl User {
+    /// `userInfo` as the Kubernetes API writes it (also the cache's form of a user).
+    fn to_json(&self) -> Value {
+        let mut user = Map::new();
+        user.insert("username".into(), json!(self.username));
+        if !self.uid.is_empty() {
+            user.insert("uid".into(), json!(self.uid));
+        }
+        if !self.groups.is_empty() {
+            user.insert("groups".into(), json!(self.groups));
+        }
+        if !self.extra.is_empty() {
+            user.insert("extra".into(), json!(self.extra));
+        }
+        Value::Object(user)
+    }
+
+    /// Reads `userInfo`; fields of the wrong type read as absent.
+    fn from_json(value: &Value) -> User {
+        let text = |key| {
+            value
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let extra = value
+            .get("extra")
+            .and_then(Value::as_object)
+            .map(|extra| extra.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
+            .unwrap_or_default();
+        User {
+            username: text("username"),
+            uid: text("uid"),
+            groups: value.get("groups").map(strings).unwrap_or_default(),
+            extra,
+        }
+    }
+}
+
+/// The strings of a JSON list (anything else in it is skipped).
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What a TokenReview answer means for the request.
@@ -71,7 +122,7 @@ impl Answer {
             Answer::Token(Authentication::Rejected) => vec![0],
             Answer::Token(Authentication::Authenticated(user)) => {
                 let mut out = vec![1];
-                if serde_json::to_writer(&mut out, user).is_err() {
+                if serde_json::to_writer(&mut out, &user.to_json()).is_err() {
                     return Vec::new();
                 }
                 out
@@ -84,55 +135,49 @@ impl Answer {
     pub fn decode(table: Table, bytes: &[u8]) -> Option<Answer> {
         match (table, bytes.split_first()?) {
             (Table::TokenReview, (0, [])) => Some(Answer::Token(Authentication::Rejected)),
-            (Table::TokenReview, (1, user)) => serde_json::from_slice(user)
-                .ok()
-                .map(|u| Answer::Token(Authentication::Authenticated(u))),
+            (Table::TokenReview, (1, user)) => {
+                let user = User::from_json(&serde_json::from_slice(user).ok()?);
+                (!user.username.is_empty())
+                    .then_some(Answer::Token(Authentication::Authenticated(user)))
+            }
             (Table::AccessReview, (&allowed @ (0 | 1), [])) => Some(Answer::Access(allowed == 1)),
             _ => None,
         }
     }
 }
 
-#[derive(Serialize)]
-struct TokenReviewRequest<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    spec: TokenReviewSpec<'a>,
-}
-
-#[derive(Serialize)]
-struct TokenReviewSpec<'a> {
-    token: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    audiences: &'a [String],
-}
-
 pub fn token_review_body(token: &str, audiences: &[String]) -> Vec<u8> {
-    let review = TokenReviewRequest {
-        api_version: "authentication.k8s.io/v1",
-        kind: "TokenReview",
-        spec: TokenReviewSpec { token, audiences },
-    };
+    let mut spec = Map::new();
+    spec.insert("token".into(), json!(token));
+    if !audiences.is_empty() {
+        spec.insert("audiences".into(), json!(audiences));
+    }
+    let review = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": spec,
+    });
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
-#[derive(Deserialize)]
-struct TokenReviewResponse {
-    #[serde(default)]
-    kind: String,
-    status: Option<TokenReviewStatus>,
-}
-
-#[derive(Deserialize)]
-struct TokenReviewStatus {
-    // Omitted from the JSON when false (see the reference exchanges), hence the default.
-    #[serde(default)]
-    authenticated: bool,
-    #[serde(default)]
-    user: User,
-    #[serde(default)]
-    audiences: Vec<String>,
+/// The answer's body as a review of `kind`, and its `status` object.
+fn review_status(body: &[u8], kind: &str) -> Result<Value, ApiserverTrouble> {
+    let mut answer: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiserverTrouble(format!("{kind} answer is not valid JSON ({e})")))?;
+    let got = answer
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if got != kind {
+        return Err(ApiserverTrouble(format!(
+            "expected a {kind}, got kind {}",
+            quoted(got)
+        )));
+    }
+    match answer.get_mut("status").map(Value::take) {
+        Some(status @ Value::Object(_)) => Ok(status),
+        _ => Err(ApiserverTrouble(format!("{kind} answer has no status"))),
+    }
 }
 
 /// Reads a TokenReview answer. `wanted_audiences` are the ones the filter asked for: when set, the
@@ -143,37 +188,24 @@ pub fn read_token_review(
     wanted_audiences: &[String],
 ) -> Result<Authentication, ApiserverTrouble> {
     check_http_status(http_status, "TokenReview")?;
-    let response: TokenReviewResponse = serde_json::from_slice(body)
-        .map_err(|e| ApiserverTrouble(format!("TokenReview answer is not valid JSON ({e})")))?;
-    if response.kind != "TokenReview" {
-        return Err(ApiserverTrouble(format!(
-            "expected a TokenReview, got kind {:?}",
-            response.kind
-        )));
-    }
-    let status = response
-        .status
-        .ok_or_else(|| ApiserverTrouble("TokenReview answer has no status".to_owned()))?;
-    if !status.authenticated {
+    let status = review_status(body, "TokenReview")?;
+    // Omitted from the JSON when false (see the reference exchanges).
+    if status.get("authenticated").and_then(Value::as_bool) != Some(true) {
         return Ok(Authentication::Rejected);
     }
-    if status.user.username.is_empty() {
+    let user = status.get("user").map(User::from_json).unwrap_or_default();
+    if user.username.is_empty() {
         return Err(ApiserverTrouble(
             "TokenReview authenticated a user without a name".to_owned(),
         ));
     }
-    if !wanted_audiences.is_empty()
-        && !status
-            .audiences
-            .iter()
-            .any(|a| wanted_audiences.contains(a))
-    {
+    let audiences = status.get("audiences").map(strings).unwrap_or_default();
+    if !wanted_audiences.is_empty() && !audiences.iter().any(|a| wanted_audiences.contains(a)) {
         return Ok(Authentication::Rejected);
     }
-    Ok(Authentication::Authenticated(status.user))
+    Ok(Authentication::Authenticated(user))
 }
 
-/// The attributes a SubjectAccessReview checks, kept for the 403 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attributes {
     NonResource {
@@ -190,7 +222,7 @@ impl Attributes {
     /// How Kubernetes itself words a denial, so operators recognise it.
     pub fn describe(&self) -> String {
         match self {
-            Attributes::NonResource { path, verb } => format!("{verb} path {path:?}"),
+            Attributes::NonResource { path, verb } => format!("{verb} path {}", quoted(path)),
             Attributes::Resource { verb, attrs } => {
                 let resource = if attrs.subresource.is_empty() {
                     attrs.resource.clone()
@@ -198,16 +230,17 @@ impl Attributes {
                     format!("{}/{}", attrs.resource, attrs.subresource)
                 };
                 let mut text = format!(
-                    "{verb} resource {resource:?} in API group {:?}",
-                    attrs.api_group
+                    "{verb} resource {} in API group {}",
+                    quoted(&resource),
+                    quoted(&attrs.api_group)
                 );
                 if !attrs.name.is_empty() {
-                    text.push_str(&format!(" named {:?}", attrs.name));
+                    text.push_str(&format!(" named {}", quoted(&attrs.name)));
                 }
                 if attrs.namespace.is_empty() {
                     text.push_str(" at the cluster scope");
                 } else {
-                    text.push_str(&format!(" in namespace {:?}", attrs.namespace));
+                    text.push_str(&format!(" in namespace {}", quoted(&attrs.namespace)));
                 }
                 text
             }
@@ -215,123 +248,63 @@ impl Attributes {
     }
 }
 
-#[derive(Serialize)]
-struct SarRequest<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    spec: SarSpec<'a>,
-}
-
-#[derive(Serialize)]
-struct SarSpec<'a> {
-    user: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    uid: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    groups: &'a [String],
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    extra: &'a BTreeMap<String, Vec<String>>,
-    #[serde(
-        rename = "nonResourceAttributes",
-        skip_serializing_if = "Option::is_none"
-    )]
-    non_resource_attributes: Option<NonResourceAttributesWire<'a>>,
-    #[serde(rename = "resourceAttributes", skip_serializing_if = "Option::is_none")]
-    resource_attributes: Option<ResourceAttributesWire<'a>>,
-}
-
-#[derive(Serialize)]
-struct NonResourceAttributesWire<'a> {
-    path: &'a str,
-    verb: &'a str,
-}
-
-#[derive(Serialize)]
-struct ResourceAttributesWire<'a> {
-    #[serde(skip_serializing_if = "str::is_empty")]
-    namespace: &'a str,
-    verb: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    group: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    version: &'a str,
-    resource: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    subresource: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    name: &'a str,
-}
-
 pub fn subject_access_review_body(user: &User, attributes: &Attributes) -> Vec<u8> {
-    let (non_resource_attributes, resource_attributes) = match attributes {
+    let Value::Object(mut spec) = user.to_json() else {
+        return Vec::new();
+    };
+    // userInfo says `username`; a SubjectAccessReview spec says `user`.
+    if let Some(name) = spec.remove("username") {
+        spec.insert("user".into(), name);
+    }
+    match attributes {
         Attributes::NonResource { path, verb } => {
-            (Some(NonResourceAttributesWire { path, verb }), None)
+            spec.insert(
+                "nonResourceAttributes".into(),
+                json!({"path": path, "verb": verb}),
+            );
         }
-        Attributes::Resource { verb, attrs } => (
-            None,
-            Some(ResourceAttributesWire {
-                namespace: &attrs.namespace,
-                verb,
-                group: &attrs.api_group,
-                version: &attrs.api_version,
-                resource: &attrs.resource,
-                subresource: &attrs.subresource,
-                name: &attrs.name,
-            }),
-        ),
-    };
-    let review = SarRequest {
-        api_version: "authorization.k8s.io/v1",
-        kind: "SubjectAccessReview",
-        spec: SarSpec {
-            user: &user.username,
-            uid: &user.uid,
-            groups: &user.groups,
-            extra: &user.extra,
-            non_resource_attributes,
-            resource_attributes,
-        },
-    };
+        Attributes::Resource { verb, attrs } => {
+            let mut wire = Map::new();
+            wire.insert("verb".into(), json!(verb));
+            for (key, value) in [
+                ("namespace", &attrs.namespace),
+                ("group", &attrs.api_group),
+                ("version", &attrs.api_version),
+                ("resource", &attrs.resource),
+                ("subresource", &attrs.subresource),
+                ("name", &attrs.name),
+            ] {
+                if !value.is_empty() {
+                    wire.insert(key.into(), json!(value));
+                }
+            }
+            spec.insert("resourceAttributes".into(), Value::Object(wire));
+        }
+    }
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": spec,
+    });
     serde_json::to_vec(&review).unwrap_or_default()
-}
-
-#[derive(Deserialize)]
-struct SarResponse {
-    #[serde(default)]
-    kind: String,
-    status: Option<SarStatus>,
-}
-
-#[derive(Deserialize)]
-struct SarStatus {
-    // Always present in real answers; a missing `allowed` is a malformed answer, not a denial.
-    allowed: Option<bool>,
-    #[serde(default)]
-    denied: bool,
 }
 
 /// Reads a SubjectAccessReview answer: `Ok(true)` only for an explicit allow.
 pub fn read_subject_access_review(http_status: u16, body: &[u8]) -> Result<bool, ApiserverTrouble> {
     check_http_status(http_status, "SubjectAccessReview")?;
-    let response: SarResponse = serde_json::from_slice(body).map_err(|e| {
-        ApiserverTrouble(format!(
-            "SubjectAccessReview answer is not valid JSON ({e})"
-        ))
-    })?;
-    if response.kind != "SubjectAccessReview" {
-        return Err(ApiserverTrouble(format!(
-            "expected a SubjectAccessReview, got kind {:?}",
-            response.kind
-        )));
-    }
-    let status = response
-        .status
-        .ok_or_else(|| ApiserverTrouble("SubjectAccessReview answer has no status".to_owned()))?;
-    let allowed = status.allowed.ok_or_else(|| {
-        ApiserverTrouble("SubjectAccessReview status has no \"allowed\"".to_owned())
-    })?;
-    Ok(allowed && !status.denied)
+    let status = review_status(body, "SubjectAccessReview")?;
+    // Always present in real answers; a missing `allowed` is a malformed answer, not a denial.
+    let allowed = status
+        .get("allowed")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| {
+            ApiserverTrouble("SubjectAccessReview status has no \"allowed\"".to_owned())
+        })?;
+    let denied = status
+        .get("denied")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(allowed && !denied)
 }
 
 fn check_http_status(http_status: u16, what: &str) -> Result<(), ApiserverTrouble> {

@@ -6,6 +6,7 @@
 //! waits: host calls such as `resume_http_request` may re-enter the VM (a local reply finishing the
 //! stream), and nothing may be borrowed then.
 
+use crate::text::quoted;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -242,8 +243,8 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
             shared::release_callout(lease);
             give_up_slot(state, &callout, now);
             Asked::Answer(Err(ApiserverTrouble(format!(
-                "could not send the review to cluster {:?}: {status:?}",
-                config.apiserver_cluster
+                "could not send the review to cluster {}: {status:?}",
+                quoted(&config.apiserver_cluster)
             ))))
         }
     }
