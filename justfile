@@ -75,6 +75,10 @@ manifests:
     done
     @echo "==> ready: kubectl apply --server-side -k manifests/overlays/control-plane (or overlays/all-nodes)"
 
+# Render every Envoy configuration the repository ships (envoy/examples/, manifests/base/envoy-bootstrap.yaml).
+render:
+    cargo run --locked --quiet -p metrics-gate-envoy --bin metrics-gate-render -- examples --out {{root}}
+
 # The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
 demo: build
     cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-demo

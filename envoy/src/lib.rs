@@ -3,17 +3,25 @@
 //! path (internal listener + credential injector) the filter's TokenReview/SubjectAccessReview go
 //! through. The demo, the tests and the shipped examples all render through here.
 //!
-//! [`model`] is the typed input (what runs); [`render`] turns it into Envoy's proto3 JSON (how
-//! Envoy says it). Only `render.rs` knows Envoy's field names.
+//! [`model`] is the typed input (what runs); [`render`] builds Envoy's own API types from it
+//! (envoy-types, prost) and prints proto3 JSON or YAML (how Envoy says it). Only `render.rs` knows
+//! Envoy's messages. [`file`] reads a components file into the model; [`examples`] is every
+//! configuration the repository ships.
 
+pub mod cert;
+pub mod examples;
+pub mod file;
 pub mod model;
 mod render;
 pub mod testing;
 
 pub use model::{
-    Apiserver, Component, InvalidStack, Preset, Stack, UpstreamCredentials, UpstreamTls,
+    Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, NodeAddress, Preset,
+    Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
 };
-pub use render::{render, sds_resource};
+pub use render::{
+    bootstrap, render, render_yaml, sds_client_ca, sds_resource, sds_serving_certificate,
+};
 
 /// The cluster the filter must name in `dispatch_http_call` for its apiserver callouts.
 pub const CALLOUT_CLUSTER: &str = "apiserver-with-credentials";
@@ -25,6 +33,14 @@ pub const APISERVER_CLUSTER: &str = "kube-apiserver";
 pub const SECRET_NAME: &str = "serviceaccount-token";
 /// File name of the SDS resource inside `Stack::credentials_dir`; write it with [`sds_resource`].
 pub const SDS_FILE: &str = "sds.yaml";
+/// The SDS secret holding the listeners' serving certificate.
+pub const SERVING_CERT_SECRET: &str = "serving-certificate";
+/// File name of its SDS resource inside `Stack::credentials_dir`; see [`sds_serving_certificate`].
+pub const SERVING_CERT_FILE: &str = "serving-certificate.yaml";
+/// The SDS secret holding the CA client certificates are verified against.
+pub const CLIENT_CA_SECRET: &str = "client-ca";
+/// File name of its SDS resource inside `Stack::credentials_dir`; see [`sds_client_ca`].
+pub const CLIENT_CA_FILE: &str = "client-ca.yaml";
 /// Plugin name, root_id and vm_id of the filter (the vm_id also scopes its shared data).
 pub const PLUGIN_NAME: &str = "metrics-gate";
 /// Envoy's node id and cluster (file-based SDS requires both).

@@ -1,6 +1,6 @@
 //! The typed input of the renderer: what a node runs, said in the product's terms rather than in
-//! Envoy's. Kept apart from the JSON building (`render.rs`) so that swapping serde_json for the
-//! prost-generated Envoy API types later does not touch callers.
+//! Envoy's. Kept apart from the Envoy API types (`render.rs`), so callers never see Envoy's field
+//! names. `file.rs` reads the same thing from a components file.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,18 +8,114 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// Everything one Envoy on one node serves.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stack {
-    /// Listeners bind here: `$NODE_IP` on a node, 127.0.0.2 in tests (beside the components' 127.0.0.1).
-    pub node_ip: IpAddr,
+    /// Listeners bind here: the node's IP (or the `${NODE_IP}` placeholder an init step fills in:
+    /// Envoy does no substitution itself), 127.0.0.2 in tests (beside the components' 127.0.0.1).
+    pub node_ip: NodeAddress,
     /// Envoy's admin interface. Keep it on loopback: it can change Envoy's state.
     pub admin: SocketAddr,
     /// Local file of `metrics_gate.wasm`. Envoy reads it at start and refuses to start without it.
     pub wasm_path: String,
     /// Where the filter's TokenReview/SubjectAccessReview callouts finally go.
     pub apiserver: Apiserver,
-    /// Directory holding `sds.yaml` (see [`crate::sds_resource`]). Envoy watches the directory, so a
-    /// kubelet-style `..data` symlink swap (projected volume) reloads the proxy's token live.
+    /// Directory holding the file-based SDS resources: `sds.yaml` (the proxy's token, see
+    /// [`crate::sds_resource`]) and, when a listener uses TLS, `serving-certificate.yaml`
+    /// ([`crate::sds_serving_certificate`]) and `client-ca.yaml` ([`crate::sds_client_ca`]). Envoy
+    /// watches the directory, so a kubelet-style `..data` symlink swap (projected volume) reloads
+    /// them live.
     pub credentials_dir: String,
+    /// The serving certificate and client CA every TLS listener of this Envoy uses.
+    pub tls: TlsFiles,
     pub components: Vec<Component>,
+}
+
+/// Where the component listeners bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeAddress {
+    Ip(IpAddr),
+    /// A literal text such as `${NODE_IP}` written into the listener addresses, for an init step to
+    /// replace (`sed`) before Envoy starts. Envoy refuses to start with it left in.
+    Placeholder(String),
+}
+
+impl NodeAddress {
+    /// The placeholder the shipped DaemonSet and compose file fill in.
+    pub fn node_ip_placeholder() -> NodeAddress {
+        NodeAddress::Placeholder("${NODE_IP}".into())
+    }
+}
+
+impl From<IpAddr> for NodeAddress {
+    fn from(ip: IpAddr) -> Self {
+        NodeAddress::Ip(ip)
+    }
+}
+
+impl fmt::Display for NodeAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeAddress::Ip(ip) => write!(f, "{ip}"),
+            NodeAddress::Placeholder(p) => f.write_str(p),
+        }
+    }
+}
+
+/// Files of the listeners' TLS, shared by every component listener that uses TLS.
+///
+/// Both are read through file-based SDS, with the directory watched: a certificate renewed in the
+/// mounted Secret (kubelet's atomic `..data` swap; cert-manager renewals) is served to new
+/// connections without a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Directory holding `tls.crt` (chain) and `tls.key`: a mounted `kubernetes.io/tls` Secret.
+    pub cert_dir: String,
+    /// PEM bundle of the CA(s) that client certificates must chain to; needed only by listeners with
+    /// [`ClientCertificates::Optional`] or [`ClientCertificates::Required`]. Its directory is watched.
+    pub client_ca_file: Option<String>,
+}
+
+impl Default for TlsFiles {
+    /// The DaemonSet's mounts: Secret `metrics-gate-tls` at /etc/metrics-gate/tls, no client CA.
+    fn default() -> Self {
+        TlsFiles {
+            cert_dir: "/etc/metrics-gate/tls".into(),
+            client_ca_file: None,
+        }
+    }
+}
+
+/// How a component's listener talks to its callers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain HTTP. Only by explicit choice: bearer tokens then cross the network in clear text.
+    Plaintext,
+    /// TLS with [`TlsFiles::cert_dir`]'s certificate (the default).
+    Tls {
+        client_certificates: ClientCertificates,
+    },
+}
+
+impl Default for ListenerTls {
+    fn default() -> Self {
+        ListenerTls::Tls {
+            client_certificates: ClientCertificates::Off,
+        }
+    }
+}
+
+/// Client certificates on a TLS listener. With `Optional` or `Required` the filter is told
+/// (`client_certificates: true` in its configuration) that a verified certificate (CN user, O
+/// groups) is an identity, as kube-rbac-proxy's `--client-ca-file` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// None asked for; callers authenticate with bearer tokens only.
+    #[default]
+    Off,
+    /// Asked for, not required: a certificate that is presented must chain to the client CA (else
+    /// the handshake fails); callers without one use a bearer token.
+    Optional,
+    /// Every connection must present a certificate that chains to the client CA; the handshake
+    /// fails otherwise. A bearer token may still be sent over it.
+    Required,
 }
 
 /// The kube-apiserver as seen from the node.
@@ -62,8 +158,12 @@ pub struct Component {
     pub upstream: SocketAddr,
     pub upstream_tls: UpstreamTls,
     pub upstream_credentials: UpstreamCredentials,
-    /// The filter's own configuration, passed verbatim (as JSON text) to the wasm plugin.
+    /// The filter's own configuration, passed (as JSON text) to the wasm plugin. The renderer adds
+    /// `client_certificates` and `forward_caller_credentials` where the listener's TLS and the
+    /// upstream credentials call for them.
     pub plugin_config: serde_json::Value,
+    /// TLS towards callers; [`ListenerTls::default`] is TLS without client certificates.
+    pub listener_tls: ListenerTls,
 }
 
 /// How Envoy speaks to the component.
@@ -87,18 +187,34 @@ pub enum UpstreamCredentials {
     /// credential_injector after the filter: components with delegated authorization
     /// (kube-controller-manager, kube-scheduler) then check the proxy, as with kube-rbac-proxy.
     Proxy,
+    /// Envoy forwards the caller's own `Authorization` unchanged, for components that check the
+    /// caller themselves too. The renderer sets the filter's `forward_caller_credentials: true`
+    /// (by default the filter strips it) and adds no credential of its own.
+    Passthrough,
 }
 
-/// The four components the product ships presets for.
+/// Components the product ships presets for: the four loopback control-plane components
+/// ([`Preset::ALL`]) and host-network components whose metrics can be moved onto loopback
+/// ([`Preset::HOST_NETWORK`]; configure them to bind 127.0.0.1 first, they listen on all interfaces
+/// by default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     KubeProxy,
     KubeControllerManager,
     KubeScheduler,
     Etcd,
+    /// kube-vip's Prometheus endpoint (`--prometheusHTTPServer`, default :2112), plain HTTP.
+    KubeVip,
+    /// cilium-agent (`prometheus.port`, 9962), plain HTTP.
+    CiliumAgent,
+    /// cilium-operator (`operator.prometheus.port`, 9963), plain HTTP.
+    CiliumOperator,
+    /// Hubble's metrics server in the agent (`hubble.metrics.port`, 9965), plain HTTP.
+    Hubble,
 }
 
 impl Preset {
+    /// The loopback control-plane components (what the DaemonSet and the test stack serve).
     pub const ALL: [Preset; 4] = [
         Preset::KubeProxy,
         Preset::KubeControllerManager,
@@ -106,34 +222,60 @@ impl Preset {
         Preset::Etcd,
     ];
 
+    /// Host-network components outside the core scope.
+    pub const HOST_NETWORK: [Preset; 4] = [
+        Preset::KubeVip,
+        Preset::CiliumAgent,
+        Preset::CiliumOperator,
+        Preset::Hubble,
+    ];
+
+    /// Every preset.
+    pub fn every() -> impl Iterator<Item = Preset> {
+        Preset::ALL.into_iter().chain(Preset::HOST_NETWORK)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Preset::KubeProxy => "kube-proxy",
             Preset::KubeControllerManager => "kube-controller-manager",
             Preset::KubeScheduler => "kube-scheduler",
             Preset::Etcd => "etcd",
+            Preset::KubeVip => "kube-vip",
+            Preset::CiliumAgent => "cilium-agent",
+            Preset::CiliumOperator => "cilium-operator",
+            Preset::Hubble => "hubble",
         }
     }
 
-    /// The component's standard loopback port.
+    /// The component's standard metrics port.
     pub fn port(self) -> u16 {
         match self {
             Preset::KubeProxy => 10249,
             Preset::KubeControllerManager => 10257,
             Preset::KubeScheduler => 10259,
             Preset::Etcd => 2381,
+            Preset::KubeVip => 2112,
+            Preset::CiliumAgent => 9962,
+            Preset::CiliumOperator => 9963,
+            Preset::Hubble => 9965,
         }
     }
 
     pub fn from_name(name: &str) -> Option<Preset> {
-        Preset::ALL.into_iter().find(|p| p.name() == name)
+        Preset::every().find(|p| p.name() == name)
+    }
+
+    /// Every preset name, for error messages.
+    pub fn names() -> Vec<&'static str> {
+        Preset::every().map(Preset::name).collect()
     }
 }
 
 impl Component {
     /// A component with its standard port and scheme: kube-controller-manager and kube-scheduler over
-    /// unverified TLS with the proxy's token; kube-proxy and etcd over plain HTTP without credentials.
-    /// The listener uses the same port on the node IP.
+    /// unverified TLS with the proxy's token; the others over plain HTTP without credentials.
+    /// The listener uses the same port on the node IP, with TLS (no client certificates).
     pub fn preset(preset: Preset, plugin_config: serde_json::Value) -> Component {
         let secure = matches!(
             preset,
@@ -154,7 +296,14 @@ impl Component {
                 UpstreamCredentials::None
             },
             plugin_config,
+            listener_tls: ListenerTls::default(),
         }
+    }
+
+    /// The same component with a plain-HTTP listener.
+    pub fn plaintext(mut self) -> Component {
+        self.listener_tls = ListenerTls::Plaintext;
+        self
     }
 }
 
@@ -198,6 +347,23 @@ impl Stack {
                     c.name
                 )));
             }
+            if let ListenerTls::Tls {
+                client_certificates: ClientCertificates::Optional | ClientCertificates::Required,
+            } = c.listener_tls
+            {
+                if self.tls.client_ca_file.is_none() {
+                    return Err(InvalidStack(format!(
+                        "{}: client certificates need a client CA file (tls.client_ca_file)",
+                        c.name
+                    )));
+                }
+            }
+            if !c.plugin_config.is_object() {
+                return Err(InvalidStack(format!(
+                    "{}: the plugin configuration must be a JSON object",
+                    c.name
+                )));
+            }
             for other in &self.components[..i] {
                 if other.name == c.name {
                     return Err(InvalidStack(format!("two components named {:?}", c.name)));
@@ -214,7 +380,8 @@ impl Stack {
         if self.admin.port() != 0
             && self.components.iter().any(|c| {
                 c.listen_port == self.admin.port()
-                    && (self.admin.ip() == self.node_ip || self.admin.ip().is_unspecified())
+                    && (self.node_ip == NodeAddress::Ip(self.admin.ip())
+                        || self.admin.ip().is_unspecified())
             })
         {
             return Err(InvalidStack(format!(

@@ -8,11 +8,12 @@ use crate::*;
 
 fn stack(components: Vec<Component>) -> Stack {
     Stack {
-        node_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        node_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)).into(),
         admin: "127.0.0.1:9901".parse().unwrap(),
         wasm_path: "/opt/metrics-gate/metrics_gate.wasm".into(),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: "/var/run/metrics-gate/credentials".into(),
+        tls: TlsFiles::default(),
         components,
     }
 }
@@ -129,16 +130,27 @@ fn callout_path_matches_the_reference_pattern() {
         ]
     );
     let routes = &hcm(internal)["route_config"]["virtual_hosts"][0]["routes"];
-    let paths: Vec<&str> = routes.as_array().unwrap().iter().map(|r| r["match"]["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["match"]["path"].as_str().unwrap())
+        .collect();
     assert_eq!(
         paths,
-        ["/apis/authentication.k8s.io/v1/tokenreviews", "/apis/authorization.k8s.io/v1/subjectaccessreviews"]
+        [
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        ]
     );
     let route = &routes[0];
-    assert_eq!(route["match"]["headers"][0]["string_match"]["exact"], "POST");
+    assert_eq!(
+        route["match"]["headers"][0]["string_match"]["exact"],
+        "POST"
+    );
     assert_eq!(
         route["route"],
-        json!({"cluster": "kube-apiserver", "timeout": "5.000s"})
+        json!({"cluster": "kube-apiserver", "timeout": "5s"})
     );
 
     let injector = &hcm(internal)["http_filters"][0]["typed_config"];
@@ -202,9 +214,11 @@ fn component_listener_normalises_and_gates() {
     );
     let h = hcm(l);
     assert_eq!(h["stat_prefix"], "kube-scheduler");
-    assert_eq!(h["codec_type"], "AUTO");
+    // AUTO and merge_slashes=false are the proto defaults: left out of proto3 JSON.
+    assert!(h.get("codec_type").is_none());
     assert_eq!(h["normalize_path"], true);
-    assert_eq!(h["merge_slashes"], false);
+    assert!(h.get("merge_slashes").is_none());
+    assert_eq!(h["use_remote_address"], true);
     assert_eq!(h["path_with_escaped_slashes_action"], "KEEP_UNCHANGED");
     let route = &h["route_config"]["virtual_hosts"][0]["routes"][0];
     assert_eq!(route["match"], json!({"prefix": "/"}));
@@ -329,7 +343,7 @@ fn credentials_dir_trailing_slash() {
 #[test]
 fn ipv6_node_ip() {
     let mut s = all_presets();
-    s.node_ip = "fd00::2".parse().unwrap();
+    s.node_ip = "fd00::2".parse::<IpAddr>().unwrap().into();
     let b = render(&s);
     let l = named(&b["static_resources"]["listeners"], "etcd");
     assert_eq!(l["address"]["socket_address"]["address"], "fd00::2");
@@ -377,4 +391,313 @@ fn stub_wasm_differs_only_in_on_configure() {
         .filter(|&i| PASS_THROUGH_WASM[i] != REJECTING_WASM[i])
         .collect();
     assert_eq!(diff.len(), 1);
+}
+
+fn transport(listener: &Value) -> &Value {
+    &listener["filter_chains"][0]["transport_socket"]
+}
+
+#[test]
+fn listeners_use_tls_by_default_with_the_serving_certificate_from_sds() {
+    let b = render(&all_presets());
+    for p in Preset::ALL {
+        let t = transport(named(&b["static_resources"]["listeners"], p.name()));
+        assert_eq!(t["name"], "envoy.transport_sockets.tls");
+        let ctx = &t["typed_config"];
+        assert_eq!(
+            ctx["@type"],
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+        );
+        assert_eq!(
+            ctx["common_tls_context"]["tls_certificate_sds_secret_configs"],
+            json!([{"name": "serving-certificate", "sds_config": {"path_config_source": {
+                "path": "/var/run/metrics-gate/credentials/serving-certificate.yaml",
+                "watched_directory": {"path": "/var/run/metrics-gate/credentials"}}}}])
+        );
+        assert!(ctx["common_tls_context"]
+            .get("validation_context_sds_secret_config")
+            .is_none());
+        assert!(ctx.get("require_client_certificate").is_none());
+        // The filter is not told to trust certificates nobody verifies.
+        let wasm = &hcm(named(&b["static_resources"]["listeners"], p.name()))["http_filters"][0];
+        let conf = wasm["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        assert!(!conf.contains("client_certificates"), "{conf}");
+    }
+    // The internal listener has no TLS of its own.
+    assert!(transport(named(
+        &b["static_resources"]["listeners"],
+        CREDENTIALS_LISTENER
+    ))
+    .is_null());
+}
+
+#[test]
+fn plaintext_only_when_asked() {
+    let s = stack(vec![Component::preset(Preset::Etcd, json!({})).plaintext()]);
+    let b = render(&s);
+    assert!(transport(named(&b["static_resources"]["listeners"], "etcd")).is_null());
+}
+
+#[test]
+fn client_certificates_optional_and_required() {
+    for (mode, required) in [
+        (ClientCertificates::Optional, false),
+        (ClientCertificates::Required, true),
+    ] {
+        let mut c = Component::preset(Preset::KubeProxy, json!({"allowed_paths": ["/metrics"]}));
+        c.listener_tls = ListenerTls::Tls {
+            client_certificates: mode,
+        };
+        let mut s = stack(vec![c]);
+        assert!(s.check().is_err(), "no client CA file must be refused");
+        s.tls.client_ca_file = Some("/etc/ca/ca.crt".into());
+        assert_eq!(s.check(), Ok(()));
+        let b = render(&s);
+        let l = named(&b["static_resources"]["listeners"], "kube-proxy");
+        let ctx = &transport(l)["typed_config"];
+        assert_eq!(
+            ctx["common_tls_context"]["validation_context_sds_secret_config"],
+            json!({"name": "client-ca", "sds_config": {"path_config_source": {
+                "path": "/var/run/metrics-gate/credentials/client-ca.yaml",
+                "watched_directory": {"path": "/var/run/metrics-gate/credentials"}}}})
+        );
+        assert_eq!(ctx.get("require_client_certificate").is_some(), required);
+        let conf: Value = serde_json::from_str(
+            hcm(l)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            conf,
+            json!({"allowed_paths": ["/metrics"], "client_certificates": true})
+        );
+    }
+}
+
+#[test]
+fn passthrough_forwards_the_callers_authorization() {
+    let mut c = Component::preset(Preset::KubeScheduler, json!({}));
+    c.upstream_credentials = UpstreamCredentials::Passthrough;
+    let b = render(&stack(vec![c]));
+    let l = named(&b["static_resources"]["listeners"], "kube-scheduler");
+    assert_eq!(
+        filter_names(l),
+        ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+    );
+    let route = &hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0];
+    assert_eq!(
+        route["request_headers_to_remove"],
+        json!(["proxy-authorization"])
+    );
+    let conf: Value = serde_json::from_str(
+        hcm(l)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(conf, json!({"forward_caller_credentials": true}));
+}
+
+#[test]
+fn yaml_is_the_same_document_as_json() {
+    let mut s = all_presets();
+    s.node_ip = NodeAddress::node_ip_placeholder();
+    let yaml: Value = serde_yaml_ng::from_str(&render_yaml(&s)).unwrap();
+    assert_eq!(yaml, render(&s));
+    let l = named(&yaml["static_resources"]["listeners"], "etcd");
+    assert_eq!(l["address"]["socket_address"]["address"], "${NODE_IP}");
+}
+
+#[test]
+fn sds_tls_resources() {
+    let v: Value = serde_json::from_str(&sds_serving_certificate("/etc/tls/")).unwrap();
+    assert_eq!(
+        v["resources"][0],
+        json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "serving-certificate",
+            "tls_certificate": {
+                "certificate_chain": {"filename": "/etc/tls/tls.crt"},
+                "private_key": {"filename": "/etc/tls/tls.key"},
+                "watched_directory": {"path": "/etc/tls"}}})
+    );
+    let v: Value = serde_json::from_str(&sds_client_ca("/etc/client-ca/ca.crt")).unwrap();
+    assert_eq!(
+        v["resources"][0]["validation_context"],
+        json!({"trusted_ca": {"filename": "/etc/client-ca/ca.crt"},
+            "watched_directory": {"path": "/etc/client-ca"}})
+    );
+}
+
+#[test]
+fn extra_presets() {
+    let ports: Vec<(&str, u16)> = Preset::HOST_NETWORK
+        .iter()
+        .map(|p| (p.name(), p.port()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("kube-vip", 2112),
+            ("cilium-agent", 9962),
+            ("cilium-operator", 9963),
+            ("hubble", 9965)
+        ]
+    );
+    for p in Preset::every() {
+        assert_eq!(Preset::from_name(p.name()), Some(p));
+        let c = Component::preset(p, json!({}));
+        assert_eq!(c.upstream.port(), p.port());
+    }
+    assert_eq!(Preset::every().count(), 8);
+}
+
+mod components_file {
+    use super::*;
+    use crate::file::ComponentsFile;
+
+    fn load(text: &str) -> Result<Vec<Component>, String> {
+        let f = ComponentsFile::parse(text, "c.yaml").map_err(|e| e.to_string())?;
+        f.components("c.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn presets_and_custom_components() {
+        let text = r#"
+tls:
+  cert_dir: /tls
+  client_ca_file: /ca/ca.crt
+components:
+- preset: kube-scheduler
+- preset: etcd
+  listen_port: 12381
+  listener: {tls: plaintext}
+- name: my-controller
+  listen_port: 8443
+  upstream: {address: "127.0.0.1:8080", scheme: https, verify: {ca_file: /ca.crt, server_name: ctl}}
+  upstream_credentials: passthrough
+  listener: {client_certificates: required}
+  allowed_paths: [/metrics, /metrics/extra]
+  audiences: [metrics-gate]
+  authorization:
+    resource_attributes: {namespace: ns, resource: services, subresource: proxy, name: ctl}
+  identity_headers: {enabled: true}
+  plugin: {cache: {allow_ttl_seconds: 60}}
+"#;
+        let f = ComponentsFile::parse(text, "c.yaml").unwrap();
+        assert_eq!(
+            f.tls_files(),
+            TlsFiles {
+                cert_dir: "/tls".into(),
+                client_ca_file: Some("/ca/ca.crt".into())
+            }
+        );
+        let cs = f.components("c.yaml").unwrap();
+        assert_eq!(cs[0], Component::preset(Preset::KubeScheduler, json!({})));
+        assert_eq!(cs[1].listen_port, 12381);
+        assert_eq!(cs[1].listener_tls, ListenerTls::Plaintext);
+        let c = &cs[2];
+        assert_eq!(c.upstream, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.upstream_tls,
+            UpstreamTls::TlsVerify {
+                ca_file: "/ca.crt".into(),
+                sni: "ctl".into()
+            }
+        );
+        assert_eq!(c.upstream_credentials, UpstreamCredentials::Passthrough);
+        assert_eq!(
+            c.listener_tls,
+            ListenerTls::Tls {
+                client_certificates: ClientCertificates::Required
+            }
+        );
+        assert_eq!(
+            c.plugin_config,
+            json!({
+                "cache": {"allow_ttl_seconds": 60},
+                "allowed_paths": ["/metrics", "/metrics/extra"],
+                "audiences": ["metrics-gate"],
+                "authorization": {"resource_attributes": {"namespace": "ns", "resource": "services", "subresource": "proxy", "name": "ctl"}},
+                "identity_headers": {"enabled": true},
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_the_field_and_the_allowed_values() {
+        let e = load("components:\n- preset: kube-schedular\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("components[0].preset"), "{e}");
+        assert!(e.contains("kube-scheduler") && e.contains("hubble"), "{e}");
+
+        let e = load("components:\n- preset: etcd\n  upstream_credentials: token\n").unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("upstream_credentials"),
+            "{e}"
+        );
+        assert!(e.contains("`none`, `proxy`, `passthrough`"), "{e}");
+
+        let e = load("components:\n- preset: etcd\n  listener: {tls: off}\n").unwrap_err();
+        assert!(
+            e.contains("expected `tls` or `plaintext`") && e.contains("line 3"),
+            "{e}"
+        );
+
+        let e = load("components:\n- preset: etcd\n  lisen_port: 1\n").unwrap_err();
+        assert!(
+            e.contains("unknown field `lisen_port`") && e.contains("listen_port"),
+            "{e}"
+        );
+
+        let e = load("components:\n- name: x\n  listen_port: 1\n").unwrap_err();
+        assert!(e.contains("components[0] (x).upstream: required"), "{e}");
+
+        let e = load("components:\n- preset: etcd\n  allowed_paths: [metrics]\n").unwrap_err();
+        assert!(
+            e.contains("allowed_paths") && e.contains("must start with"),
+            "{e}"
+        );
+
+        let e = load("components:\n- preset: etcd\n  listener: {tls: plaintext, client_certificates: optional}\n")
+            .unwrap_err();
+        assert!(e.contains("client_certificates: needs tls"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_file_loads() {
+        let text = include_str!("../components.example.yaml");
+        let cs = load(text).unwrap();
+        assert!(cs.len() >= 5, "{cs:?}");
+    }
+}
+
+#[test]
+fn cert_secret_is_a_tls_secret_with_a_ca() {
+    let req = crate::cert::CertRequest {
+        dns_names: vec!["metrics-gate.metrics-gate.svc".into()],
+        ips: vec!["10.0.0.5".parse().unwrap()],
+        ..Default::default()
+    };
+    let issued = crate::cert::issue(&req).unwrap();
+    let yaml = crate::cert::secret_yaml(&req, &issued);
+    let v: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(v["type"], "kubernetes.io/tls");
+    assert_eq!(
+        v["metadata"],
+        json!({"name": "metrics-gate-tls", "namespace": "metrics-gate"})
+    );
+    for k in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            v["stringData"][k]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN"),
+            "{k}"
+        );
+    }
+    assert_eq!(v["stringData"]["tls.crt"], issued.cert_pem);
+    assert_ne!(issued.ca_pem, issued.cert_pem);
 }

@@ -1,18 +1,27 @@
 //! The whole product on loopback: the mock kube-apiserver, the four fake components on 127.0.0.1,
 //! and a real Envoy running the built filter with listeners on the "node IP" 127.0.0.2, all wired
 //! through the same renderer the shipped configurations come from. Tests and the demo start one.
+//!
+//! The listeners are plain HTTP by default (what most tests speak, with `raw_http`); set
+//! [`StackOptions::listener_tls`] for TLS listeners with a serving certificate from a [`TestCa`] in
+//! a kubelet-style directory (see [`LocalStack::rotate_serving_cert`]) and, optionally, client
+//! certificates verified against a second CA.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use metrics_gate_envoy::{render, sds_resource, Apiserver, Component, Preset, SDS_FILE};
+use metrics_gate_envoy::{
+    render, sds_client_ca, sds_resource, sds_serving_certificate, Apiserver, ClientCertificates,
+    Component, ListenerTls, Preset, TlsFiles, CLIENT_CA_FILE, SDS_FILE, SERVING_CERT_FILE,
+};
 use serde_json::{json, Value};
 
 use crate::apiserver::MockApiserver;
 use crate::components::{allow_users, ComponentKind, ComponentOptions, FakeComponent};
 use crate::envoy_process::{EnvoyOptions, EnvoyProcess};
 use crate::raw_http::{self, Response};
+use crate::tls::{ClientCert, ServerCert, TestCa};
 use crate::token_dir::TokenDir;
 use crate::tokens::{ServiceAccount, TokenOptions};
 
@@ -59,6 +68,7 @@ pub fn kind_of(preset: Preset) -> ComponentKind {
         Preset::KubeControllerManager => ComponentKind::KubeControllerManager,
         Preset::KubeScheduler => ComponentKind::KubeScheduler,
         Preset::Etcd => ComponentKind::Etcd,
+        other => panic!("the test host has no fake {}", other.name()),
     }
 }
 
@@ -73,7 +83,15 @@ pub struct StackOptions {
     pub node_ports: bool,
     pub wasm: WasmBuild,
     pub envoy: EnvoyOptions,
+    /// The listeners' TLS. Default: [`ListenerTls::Plaintext`], which the plain-HTTP tests speak.
+    /// With `Tls`, the serving certificate (for [`SERVER_NAME`] and the node IP) comes from
+    /// [`LocalStack::serving_ca`], and client certificates are verified against
+    /// [`LocalStack::client_ca`].
+    pub listener_tls: ListenerTls,
 }
+
+/// The DNS name on the test stack's serving certificates (as the DaemonSet's Service would be).
+pub const SERVER_NAME: &str = "metrics-gate.metrics-gate.svc";
 
 impl Default for StackOptions {
     fn default() -> Self {
@@ -83,6 +101,7 @@ impl Default for StackOptions {
             node_ports: false,
             wasm: WasmBuild::Release,
             envoy: EnvoyOptions::default(),
+            listener_tls: ListenerTls::Plaintext,
         }
     }
 }
@@ -95,6 +114,13 @@ pub struct LocalStack {
     pub credentials: TokenDir,
     /// The bootstrap Envoy runs.
     pub config: Value,
+    /// The CA the listeners' serving certificates chain to.
+    pub serving_ca: TestCa,
+    /// The CA client certificates must chain to (used when client certificates are on).
+    pub client_ca: TestCa,
+    /// The listeners' certificate directory (tls.crt, tls.key), kubelet-style.
+    pub tls_dir: TokenDir,
+    listener_tls: ListenerTls,
     listeners: Vec<(Preset, SocketAddr)>,
     _files: tempfile::TempDir,
 }
@@ -117,9 +143,25 @@ impl LocalStack {
         let proxy_token = apiserver
             .issuer()
             .mint(&ServiceAccount::metrics_gate(), TokenOptions::default());
+        // TLS: the serving certificate in a kubelet-style Secret directory, the client CA in another;
+        // their SDS resources beside the token's, as the DaemonSet's projected volume has them.
+        let serving_ca = TestCa::new("metrics-gate-test-serving-ca");
+        let client_ca = TestCa::new("metrics-gate-test-client-ca");
+        let tls_dir = TokenDir::temp()?;
+        let serving = serving_ca.issue_server(&[SERVER_NAME], &[NODE_IP]);
+        tls_dir.write(&[
+            ("tls.crt", serving.cert_pem.as_bytes()),
+            ("tls.key", serving.key_pem.as_bytes()),
+        ])?;
+        let client_ca_dir = files.path().join("client-ca");
+        let client_ca_file = client_ca.write_cert(&client_ca_dir, "ca.crt")?;
+        let serving_sds = sds_serving_certificate(&tls_dir.path().to_string_lossy());
+        let client_ca_sds = sds_client_ca(&client_ca_file.to_string_lossy());
         credentials.write(&[
             ("token", proxy_token.as_bytes()),
             (SDS_FILE, sds.as_bytes()),
+            (SERVING_CERT_FILE, serving_sds.as_bytes()),
+            (CLIENT_CA_FILE, client_ca_sds.as_bytes()),
         ])?;
 
         // Secure components accept only the proxy's own account, as a real kube-scheduler with an
@@ -141,12 +183,13 @@ impl LocalStack {
             let mut component = Component::preset(*preset, opts.plugin_config.clone());
             component.upstream = fake.addr();
             component.listen_port = port;
+            component.listener_tls = opts.listener_tls.clone();
             rendered.push(component);
             components.push((*preset, fake));
         }
 
         let stack = metrics_gate_envoy::Stack {
-            node_ip: NODE_IP,
+            node_ip: NODE_IP.into(),
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             wasm_path: wasm.to_string_lossy().into_owned(),
             apiserver: Apiserver {
@@ -157,6 +200,10 @@ impl LocalStack {
                 timeout_ms: 5_000,
             },
             credentials_dir: credentials.path().to_string_lossy().into_owned(),
+            tls: TlsFiles {
+                cert_dir: tls_dir.path().to_string_lossy().into_owned(),
+                client_ca_file: Some(client_ca_file.to_string_lossy().into_owned()),
+            },
             components: rendered,
         };
         let config = render(&stack);
@@ -172,9 +219,67 @@ impl LocalStack {
             envoy,
             credentials,
             config,
+            serving_ca,
+            client_ca,
+            tls_dir,
+            listener_tls: opts.listener_tls,
             listeners,
             _files: files,
         })
+    }
+
+    /// Whether the listeners speak TLS.
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.listener_tls, ListenerTls::Tls { .. })
+    }
+
+    /// Whether the listeners verify client certificates.
+    pub fn client_certificates(&self) -> ClientCertificates {
+        match self.listener_tls {
+            ListenerTls::Tls {
+                client_certificates,
+            } => client_certificates,
+            ListenerTls::Plaintext => ClientCertificates::Off,
+        }
+    }
+
+    /// Issues a new serving certificate (new key, new serial) and swaps it into the certificate
+    /// directory the way kubelet updates a mounted Secret (atomic `..data` symlink swap). Returns
+    /// it, so a test can check it is what Envoy serves next.
+    pub fn rotate_serving_cert(&self) -> anyhow::Result<ServerCert> {
+        let cert = self.serving_ca.issue_server(&[SERVER_NAME], &[NODE_IP]);
+        self.tls_dir.write(&[
+            ("tls.crt", cert.cert_pem.as_bytes()),
+            ("tls.key", cert.key_pem.as_bytes()),
+        ])?;
+        Ok(cert)
+    }
+
+    /// A client certificate from [`client_ca`](Self::client_ca): CN `user`, O `groups`.
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> ClientCert {
+        self.client_ca.issue_client(user, groups)
+    }
+
+    /// A request over TLS to `preset`'s listener, verified against [`serving_ca`](Self::serving_ca)
+    /// with `server_name`, optionally presenting `client`.
+    pub fn https_request(
+        &self,
+        preset: Preset,
+        server_name: &str,
+        client: Option<&ClientCert>,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<TlsResponse> {
+        https_request(
+            self.addr(preset),
+            server_name,
+            self.serving_ca.cert_pem(),
+            client,
+            method,
+            target,
+            headers,
+        )
     }
 
     /// Envoy's listener for `preset`.
@@ -253,4 +358,135 @@ impl LocalStack {
 /// the apiserver.
 pub fn no_cache() -> Value {
     json!({"token_review_ttl_seconds": 0, "allow_ttl_seconds": 0, "deny_ttl_seconds": 0})
+}
+
+/// An answer over TLS, and the certificate the server presented.
+#[derive(Debug)]
+pub struct TlsResponse {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// DER of the leaf certificate the server presented.
+    pub peer_certificate: Vec<u8>,
+}
+
+impl TlsResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request over TLS (blocking rustls, `Connection: close`), the server verified
+/// against `ca_pem` under `server_name`; `client` is presented when the server asks for it.
+pub fn https_request(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client: Option<&ClientCert>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<TlsResponse> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    use std::io::{Read, Write};
+
+    crate::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::tls::parse_certs(ca_pem)? {
+        roots.add(c)?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match client {
+        Some(c) => builder.with_client_auth_cert(
+            crate::tls::parse_certs(&c.cert_pem)?,
+            PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        crate::tls::server_name(server_name)?,
+    )?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes())?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // Envoy may close without close_notify after `Connection: close`.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let peer_certificate = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad status line in {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Ok(TlsResponse {
+        status,
+        headers,
+        body,
+        peer_certificate,
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        rest = &rest[eol + 2..];
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[(size + 2).min(rest.len())..];
+    }
+    out
+}
+
+/// DER of the first certificate in `pem`.
+pub fn cert_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(crate::tls::parse_certs(pem)?[0].as_ref().to_vec())
 }

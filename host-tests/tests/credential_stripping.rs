@@ -34,7 +34,7 @@ fn the_callers_authorization_and_identity_headers_never_reach_the_upstream() {
                 let proxy_token = String::from_utf8(stack.credentials.read("token").unwrap()).unwrap();
                 assert_eq!(upstream_auth[0], format!("Bearer {proxy_token}"));
             }
-            Preset::KubeProxy | Preset::Etcd => assert!(upstream_auth.is_empty(), "{}", preset.name()),
+            _ => assert!(upstream_auth.is_empty(), "{}", preset.name()),
         }
     }
 }

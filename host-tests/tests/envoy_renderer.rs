@@ -47,11 +47,12 @@ impl Files {
         apiserver.port = 1; // never contacted by the stub
         apiserver.ca_file = self.path("ca.crt");
         Stack {
-            node_ip: NODE_IP,
+            node_ip: NODE_IP.into(),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             wasm_path: self.path("filter.wasm"),
             apiserver,
             credentials_dir: self.path("credentials"),
+            tls: metrics_gate_envoy::TlsFiles::default(),
             components,
         }
     }
@@ -61,7 +62,7 @@ fn presets_on_port_zero() -> Vec<Component> {
     Preset::ALL
         .iter()
         .map(|p| {
-            let mut c = Component::preset(*p, json!({"component": p.name()}));
+            let mut c = Component::preset(*p, json!({"component": p.name()})).plaintext();
             c.listen_port = 0;
             c
         })
@@ -87,7 +88,7 @@ fn every_preset_validates() {
     let mut stack = files.stack(
         Preset::ALL
             .iter()
-            .map(|p| Component::preset(*p, json!({})))
+            .map(|p| Component::preset(*p, json!({})).plaintext())
             .collect(),
     );
     stack.apiserver = Apiserver {
@@ -213,6 +214,7 @@ fn echoing_component(name: &str, credentials: UpstreamCredentials) -> Component 
         upstream_tls: UpstreamTls::Plain,
         upstream_credentials: credentials,
         plugin_config: json!({}),
+        listener_tls: metrics_gate_envoy::ListenerTls::Plaintext,
     }
 }
 
