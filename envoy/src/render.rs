@@ -358,9 +358,12 @@ fn component_listener(stack: &Stack, c: &Component) -> Listener {
         // The filter strips the caller's credentials already; this is a second lock that does not
         // depend on the wasm code. Not with `Proxy`: the router applies it after the injector.
         UpstreamCredentials::None => vec!["authorization".into(), "proxy-authorization".into()],
-        // The caller's Authorization goes on, by choice; Proxy-Authorization never.
-        UpstreamCredentials::Passthrough => vec!["proxy-authorization".into()],
-        UpstreamCredentials::Proxy => vec![],
+        // The caller's Authorization goes on (passthrough, by choice) or is overwritten by the
+        // injector (proxy; the router removes headers after it, so not `authorization` here);
+        // a caller's Proxy-Authorization never goes on.
+        UpstreamCredentials::Passthrough | UpstreamCredentials::Proxy => {
+            vec!["proxy-authorization".into()]
+        }
     };
     let route = Route {
         r#match: Some(RouteMatch {

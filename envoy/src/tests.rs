@@ -258,10 +258,11 @@ fn proxy_credentials_are_injected_after_the_filter() {
                 "envoy.filters.http.router"
             ]
         );
-        // The router must not strip what the injector just added.
-        assert!(hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0]
-            .get("request_headers_to_remove")
-            .is_none());
+        // The router must not strip what the injector just added; only Proxy-Authorization goes.
+        assert_eq!(
+            hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0]["request_headers_to_remove"],
+            json!(["proxy-authorization"])
+        );
         // Same SDS source as the callout path: one subscription, one token.
         let internal = named(listeners, CREDENTIALS_LISTENER);
         assert_eq!(hcm(l)["http_filters"][1], hcm(internal)["http_filters"][0]);

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use metrics_gate_envoy::{
     render, sds_client_ca, sds_resource, sds_serving_certificate, Apiserver, ClientCertificates,
-    Component, ListenerTls, Preset, TlsFiles, CLIENT_CA_FILE, SDS_FILE, SERVING_CERT_FILE,
+    Component, ListenerTls, Preset, TlsFiles, UpstreamCredentials, CLIENT_CA_FILE, SDS_FILE,
+    SERVING_CERT_FILE,
 };
 use serde_json::{json, Value};
 
@@ -88,6 +89,9 @@ pub struct StackOptions {
     /// [`LocalStack::serving_ca`], and client certificates are verified against
     /// [`LocalStack::client_ca`].
     pub listener_tls: ListenerTls,
+    /// Overrides the presets' upstream credentials (kube-controller-manager and kube-scheduler:
+    /// `Proxy`; the others `None`) for the listed components.
+    pub upstream_credentials: Vec<(Preset, UpstreamCredentials)>,
 }
 
 /// The DNS name on the test stack's serving certificates (as the DaemonSet's Service would be).
@@ -102,6 +106,7 @@ impl Default for StackOptions {
             wasm: WasmBuild::Release,
             envoy: EnvoyOptions::default(),
             listener_tls: ListenerTls::Plaintext,
+            upstream_credentials: Vec::new(),
         }
     }
 }
@@ -184,6 +189,9 @@ impl LocalStack {
             component.upstream = fake.addr();
             component.listen_port = port;
             component.listener_tls = opts.listener_tls.clone();
+            if let Some((_, creds)) = opts.upstream_credentials.iter().find(|(p, _)| p == preset) {
+                component.upstream_credentials = creds.clone();
+            }
             rendered.push(component);
             components.push((*preset, fake));
         }
@@ -420,7 +428,8 @@ pub fn https_request(
     let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n");
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
