@@ -21,10 +21,25 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# binaryen's wasm-opt shrinks the .wasm by ~15 % (it ships in a ConfigMap); optional elsewhere.
-if ! command -v wasm-opt >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  step "installing binaryen (wasm-opt) from Debian (one time)"
-  apt-get install -y -qq binaryen >/dev/null || echo "warning: could not install binaryen; the .wasm will not be shrunk" >&2
+# Real peers for the tests (etcd, Prometheus) and binaryen's wasm-opt, which shrinks the .wasm by
+# ~15 % (it ships in a ConfigMap). From Debian's packages.
+missing=()
+command -v wasm-opt >/dev/null || missing+=(binaryen)
+command -v etcd >/dev/null || missing+=(etcd-server)
+{ command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    step "installing ${missing[*]} from Debian (one time)"
+    apt-get install -y -qq "${missing[@]}" >/dev/null ||
+      { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+      fail "could not install ${missing[*]} with apt-get"
+    # Debian starts the packaged daemons; the tests run their own on loopback.
+    for unit in etcd prometheus; do
+      { systemctl stop "$unit" || service "$unit" stop; } >/dev/null 2>&1 || true
+    done
+  else
+    fail "missing ${missing[*]}: install them (Debian: sudo apt-get install ${missing[*]}) and retry"
+  fi
 fi
 
 want_pkg() { # name version -> true when the venv lacks that exact version
