@@ -36,6 +36,8 @@ build:
 unit:
     @echo "==> unit tests (native)"
     cargo test --locked --workspace --lib --bins
+    @echo "==> the renderer against its committed examples"
+    cargo test --locked -p metrics-gate-envoy --tests
     @echo "==> clippy"
     cargo clippy --locked --workspace --all-targets -- -D warnings
     cargo clippy --locked -p metrics-gate-filter --target wasm32-wasip1 --release -- -D warnings
@@ -63,9 +65,7 @@ integration: build
 test: unit test-wasm integration
 
 # Build the filter, copy it (and the sidecar bootstrap) into manifests/ and render every overlay.
-manifests:
-    @echo "==> building the filter for wasm32-wasip1"
-    cargo build --locked -p metrics-gate-filter --target wasm32-wasip1 --release
+manifests: build
     cp {{wasm}} {{root}}/manifests/base/metrics_gate.wasm
     cp {{wasm}} {{root}}/manifests/examples/sidecar/metrics_gate.wasm
     cp {{root}}/envoy/examples/sidecar.yaml {{root}}/manifests/examples/sidecar/envoy-sidecar.yaml
@@ -75,9 +75,14 @@ manifests:
     done
     @echo "==> ready: kubectl apply --server-side -k manifests/overlays/control-plane (or overlays/all-nodes)"
 
-# Render every Envoy configuration the repository ships (envoy/examples/, manifests/base/envoy-bootstrap.yaml).
+# kustomize reads only files under its own directory: the manifests' SDS files are copies of the
+# rendered ones in envoy/examples/sds/ (manifests_valid.rs fails when a copy differs).
+# Render every Envoy configuration the repository ships (envoy/examples/, manifests/base/envoy-bootstrap.yaml, the manifests' SDS files).
 render:
     cargo run --locked --quiet -p metrics-gate-envoy --bin metrics-gate-render -- examples --out {{root}}
+    @for d in base examples/sidecar; do \
+      cp {{root}}/envoy/examples/sds/sds.yaml {{root}}/envoy/examples/sds/serving-certificate.yaml {{root}}/manifests/$d/; \
+    done
 
 # The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
 demo: build
