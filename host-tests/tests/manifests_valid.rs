@@ -6,8 +6,10 @@
 //! - the custom resources (ServiceMonitor, Certificate/Issuer, WasmPlugin, EnvoyFilter) are checked
 //!   structurally (apiVersion, kind, required and known fields); the EnvoyFilter's cluster is
 //!   validated by the real Envoy (`--mode validate`);
-//! - the DaemonSet mounts every file the rendered bootstrap names, probes Envoy's admin port, and
-//!   binds the ports the Services and ServiceMonitors use;
+//! - the DaemonSet and the sidecar get every file the rendered bootstrap names, and every file the
+//!   SDS resources it loads name in turn, from a volume item or key (not merely a mounted
+//!   directory); the DaemonSet probes Envoy's admin port and binds the ports the Services and
+//!   ServiceMonitors use; the manifests' SDS files are the rendered ones;
 //! - the ServiceMonitors' and the plain scrape config's relabelings, run through a small simulator of
 //!   Prometheus relabeling, give job="kube-scheduler"… and instance="<node IP>:<port>" without the
 //!   proxy pod's name.
@@ -306,9 +308,13 @@ fn strings_of(v: &Value, key: &str, out: &mut Vec<String>) {
 }
 
 fn bootstrap_of(objs: &[Value]) -> Value {
+    bootstrap_named(objs, "metrics-gate-bootstrap-")
+}
+
+fn bootstrap_named(objs: &[Value], prefix: &str) -> Value {
     let cm = objs
         .iter()
-        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str().unwrap().starts_with("metrics-gate-bootstrap-"))
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str().unwrap().starts_with(prefix))
         .expect("bootstrap ConfigMap");
     let text = cm["data"]["envoy.yaml"].as_str().expect("data.envoy.yaml");
     docs(text).into_iter().next().expect("bootstrap document")
@@ -323,6 +329,179 @@ fn mounted(container: &Value, path: &str) -> bool {
         let mp = m["mountPath"].as_str().unwrap();
         path == mp || path.starts_with(&format!("{}/", mp.trim_end_matches('/')))
     })
+}
+
+/// Where a file inside a container comes from.
+#[derive(Debug)]
+enum Source {
+    /// A key of a ConfigMap built here (its text is known).
+    ConfigMapKey { text: Option<String> },
+    /// A key of a Secret, a ServiceAccount token, or the pod's automounted ServiceAccount files.
+    Provided,
+    /// A file in an emptyDir that an init container writes.
+    InitWritten,
+    /// A directory: a mount point.
+    Directory,
+}
+
+/// The keys a `configMap`/`secret` volume or projected source puts in the volume, with the
+/// ConfigMap's text for each key when the ConfigMap is built here. External objects must list
+/// `items`, except the serving Secret, a `kubernetes.io/tls` Secret (tls.crt, tls.key).
+fn source_keys(objs: &[Value], kind: &str, src: &Value) -> Result<Vec<(String, Option<String>)>, String> {
+    let name = src["name"].as_str().or_else(|| src["secretName"].as_str()).unwrap_or("?");
+    let obj = objs.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name);
+    let text_of = |key: &str| obj.and_then(|o| o["data"][key].as_str().map(String::from));
+    if let Some(items) = src["items"].as_array() {
+        let mut out = Vec::new();
+        for i in items {
+            let key = i["key"].as_str().unwrap();
+            if let Some(o) = obj {
+                if o["data"].get(key).is_none() && o["binaryData"].get(key).is_none() {
+                    return Err(format!("{kind} {name} has no key {key}"));
+                }
+            }
+            out.push((i["path"].as_str().unwrap().to_string(), text_of(key)));
+        }
+        return Ok(out);
+    }
+    match obj {
+        Some(o) => Ok(keys(&o["data"]).into_iter().chain(keys(&o["binaryData"])).map(|k| (k.to_string(), text_of(k))).collect()),
+        None if kind == "Secret" => Ok(vec![("tls.crt".into(), None), ("tls.key".into(), None)]),
+        None => Err(format!("{kind} {name} is not built here and lists no items")),
+    }
+}
+
+/// What provides `path` inside `container` of `pod`: a volume item or key, not merely a mounted
+/// directory. Err says why nothing does.
+fn resolve(objs: &[Value], pod: &Value, container: &Value, path: &str) -> Result<Source, String> {
+    let inside = |mp: &str| path == mp || path.starts_with(&format!("{}/", mp.trim_end_matches('/')));
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let Some(m) = mounts.iter().filter(|m| inside(m["mountPath"].as_str().unwrap())).max_by_key(|m| m["mountPath"].as_str().unwrap().len()) else {
+        const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        if pod["automountServiceAccountToken"] != false && inside(SA_DIR) {
+            let rel = path.strip_prefix(SA_DIR).unwrap().trim_start_matches('/');
+            return match rel {
+                "" => Ok(Source::Directory),
+                "ca.crt" | "token" | "namespace" => Ok(Source::Provided),
+                _ => Err(format!("the automounted ServiceAccount volume has no {rel}")),
+            };
+        }
+        return Err("not mounted".into());
+    };
+    let mount_path = m["mountPath"].as_str().unwrap();
+    let mut rel = path[mount_path.len()..].trim_start_matches('/').to_string();
+    if let Some(sub) = m["subPath"].as_str() {
+        rel = if rel.is_empty() { sub.to_string() } else { format!("{sub}/{rel}") };
+    }
+    if rel.is_empty() {
+        return Ok(Source::Directory);
+    }
+    let name = m["name"].as_str().unwrap();
+    let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).ok_or(format!("no volume {name}"))?;
+    let mut files = Vec::new();
+    if vol["configMap"].is_object() {
+        files = source_keys(objs, "ConfigMap", &vol["configMap"])?;
+    } else if vol["secret"].is_object() {
+        files = source_keys(objs, "Secret", &vol["secret"])?.into_iter().map(|(k, _)| (k, None)).collect();
+    } else if let Some(sources) = vol["projected"]["sources"].as_array() {
+        for s in sources {
+            if s["configMap"].is_object() {
+                files.extend(source_keys(objs, "ConfigMap", &s["configMap"])?);
+            } else if s["secret"].is_object() {
+                files.extend(source_keys(objs, "Secret", &s["secret"])?.into_iter().map(|(k, _)| (k, None)));
+            } else if let Some(p) = s["serviceAccountToken"]["path"].as_str() {
+                files.push((p.to_string(), None));
+            } else {
+                return Err(format!("volume {name}: projected source {s} not understood"));
+            }
+        }
+    } else if vol["emptyDir"].is_object() {
+        // Written by an init container that mounts the same volume.
+        let inits = pod["initContainers"].as_array().cloned().unwrap_or_default();
+        let written = inits.iter().any(|c| {
+            let script = c["command"].to_string() + &c["args"].to_string();
+            c["volumeMounts"].as_array().into_iter().flatten().any(|im| {
+                im["name"] == name && script.contains(&format!("> {}/{rel}", im["mountPath"].as_str().unwrap().trim_end_matches('/')))
+            })
+        });
+        return if written { Ok(Source::InitWritten) } else { Err(format!("emptyDir {name}: no init container writes {rel}")) };
+    } else {
+        return Err(format!("volume {name}: kind not understood"));
+    }
+    let is_secret = vol["secret"].is_object();
+    if let Some((_, text)) = files.iter().find(|(k, _)| *k == rel) {
+        return Ok(if is_secret || text.is_none() { Source::Provided } else { Source::ConfigMapKey { text: text.clone() } });
+    }
+    if files.iter().any(|(k, _)| k.starts_with(&format!("{rel}/"))) {
+        return Ok(Source::Directory);
+    }
+    let have: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+    Err(format!("volume {name} holds only {have:?}"))
+}
+
+/// Absolute file and directory paths `v` names (`filename`, `path`), route paths excepted.
+fn files_named(v: &Value) -> Vec<String> {
+    let mut files = Vec::new();
+    strings_of(v, "filename", &mut files);
+    strings_of(v, "path", &mut files);
+    files.retain(|f| f.starts_with('/') && !f.starts_with("/apis/"));
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Every file the bootstrap reads, and every file the SDS resources it loads read in turn, is
+/// provided by a volume item or key of `container` (not merely inside a mounted directory); every
+/// SDS resource file is a ConfigMap key built here. Returns the problems.
+fn check_files_provided(objs: &[Value], pod: &Value, container: &Value, boot: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut sds_paths = Vec::new();
+    let mut sources = Vec::new();
+    collect_key(boot, "path_config_source", &mut sources);
+    for s in &sources {
+        sds_paths.push(s["path"].as_str().unwrap().to_string());
+    }
+    if sds_paths.is_empty() {
+        problems.push("the bootstrap loads no SDS resource file".into());
+    }
+    let mut todo: Vec<(String, String)> = files_named(boot).into_iter().map(|f| (f, "the bootstrap".to_string())).collect();
+    let mut seen = Vec::new();
+    while let Some((f, by)) = todo.pop() {
+        if seen.contains(&f) {
+            continue;
+        }
+        seen.push(f.clone());
+        match resolve(objs, pod, container, &f) {
+            Err(e) => problems.push(format!("{by} reads {f}, which no volume provides: {e}")),
+            Ok(Source::ConfigMapKey { text: Some(text) }) if sds_paths.contains(&f) => match serde_yaml_ng::from_str::<Value>(&text) {
+                Ok(sds) if sds["resources"].is_array() => {
+                    todo.extend(files_named(&sds).into_iter().map(|g| (g, f.clone())));
+                }
+                _ => problems.push(format!("{f} (SDS) is not an SDS resource file")),
+            },
+            Ok(other) if sds_paths.contains(&f) => {
+                problems.push(format!("{f} (SDS) is not a ConfigMap key built here: {other:?}"))
+            }
+            Ok(_) => {}
+        }
+    }
+    problems
+}
+
+/// Every object value of `key` anywhere in `v`.
+fn collect_key(v: &Value, key: &str, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == key {
+                    out.push(x.clone());
+                }
+                collect_key(x, key, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_key(x, key, out)),
+        _ => {}
+    }
 }
 
 #[test]
@@ -357,9 +536,12 @@ fn daemonset_runs_the_bootstrap_it_ships() {
         for f in &files {
             assert!(mounted(envoy, f), "{n}: the bootstrap reads {f}, which the envoy container does not mount");
         }
+        let problems = check_files_provided(objs, pod, envoy, &boot);
+        assert!(problems.is_empty(), "{n}:\n{}", problems.join("\n"));
         let args: Vec<&str> = envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         let config = args.iter().skip_while(|a| **a != "--config-path" && **a != "-c").nth(1).expect("--config-path");
         assert!(mounted(envoy, config), "{n}: {config} not mounted");
+        assert!(matches!(resolve(objs, pod, envoy, config), Ok(Source::InitWritten)), "{n}: nothing writes {config}");
 
         // The credentials volume: the SDS file and the token side by side, the token with the
         // apiserver's audience (the apiserver must accept it for the review callouts).
@@ -419,13 +601,68 @@ fn daemonset_runs_the_bootstrap_it_ships() {
 }
 
 #[test]
-fn shipped_sds_files_name_the_projected_token() {
-    for f in ["manifests/base/sds.yaml", "manifests/examples/sidecar/sds.yaml"] {
-        let got: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(root().join(f)).unwrap()).unwrap();
-        let want: Value =
-            serde_json::from_str(&metrics_gate_envoy::sds_resource("/etc/metrics-gate/credentials/token")).unwrap();
-        assert_eq!(got, want, "{f}");
+fn sidecar_runs_the_bootstrap_it_ships() {
+    let built = build_all();
+    let objs = &built.iter().find(|b| b.name == "examples/sidecar").unwrap().objects;
+    let deploy = find(objs, "Deployment", "my-controller");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let envoy = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == "metrics-gate").expect("sidecar");
+    let boot = bootstrap_named(objs, "metrics-gate-sidecar-bootstrap-");
+    // The stand-in manifests_copy() writes when envoy/examples/sidecar.yaml is missing has no listeners.
+    assert!(boot["static_resources"]["listeners"].is_array(), "the sidecar bootstrap is not rendered");
+    let problems = check_files_provided(objs, pod, envoy, &boot);
+    assert!(problems.is_empty(), "examples/sidecar:\n{}", problems.join("\n"));
+    let args: Vec<&str> = envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let config = args.iter().skip_while(|a| **a != "--config-path").nth(1).expect("--config-path");
+    assert!(matches!(resolve(objs, pod, envoy, config), Ok(Source::InitWritten)), "nothing writes {config}");
+    // The listener port is the container port the Service targets.
+    let listener = boot["static_resources"]["listeners"].as_array().unwrap().iter().find(|l| l["address"].is_object()).unwrap();
+    let port = &listener["address"]["socket_address"]["port_value"];
+    let cport = envoy["ports"].as_array().unwrap().iter().find(|p| p["name"] == "https-metrics").expect("https-metrics");
+    assert_eq!(&cport["containerPort"], port);
+}
+
+#[test]
+fn a_missing_volume_item_is_caught() {
+    // Proves check_files_provided looks at the items, not only at the mounted directory: without
+    // the serving-certificate.yaml item, the credentials directory is still mounted, yet Envoy
+    // would find no file there.
+    let built = build_all();
+    let objs = &built.iter().find(|b| b.name == "overlays/control-plane").unwrap().objects;
+    let mut ds = find(objs, "DaemonSet", "metrics-gate").clone();
+    let pod = &mut ds["spec"]["template"]["spec"];
+    let cred = pod["volumes"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "credentials").unwrap();
+    let items = cred["projected"]["sources"][0]["configMap"]["items"].as_array_mut().unwrap();
+    items.retain(|i| i["key"] != "serving-certificate.yaml");
+    let envoy = envoy_container(&ds).clone();
+    let problems = check_files_provided(objs, &ds["spec"]["template"]["spec"], &envoy, &bootstrap_of(objs));
+    assert!(
+        problems.iter().any(|p| p.contains("/etc/metrics-gate/credentials/serving-certificate.yaml")),
+        "{problems:?}"
+    );
+    // And the files the SDS resources name are followed: a Secret item list without tls.key.
+    let mut ds = find(objs, "DaemonSet", "metrics-gate").clone();
+    let tls = ds["spec"]["template"]["spec"]["volumes"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "tls").unwrap();
+    tls["secret"]["items"] = json!([{"key": "tls.crt", "path": "tls.crt"}]);
+    let problems = check_files_provided(objs, &ds["spec"]["template"]["spec"], &envoy, &bootstrap_of(objs));
+    assert!(problems.iter().any(|p| p.contains("/etc/metrics-gate/tls/tls.key")), "{problems:?}");
+}
+
+/// kustomize reads only files under its own directory: the manifests carry copies of the rendered
+/// SDS resource files, which `just render` refreshes.
+#[test]
+fn shipped_sds_files_are_the_rendered_ones() {
+    for dir in ["manifests/base", "manifests/examples/sidecar"] {
+        for file in ["sds.yaml", "serving-certificate.yaml"] {
+            let rendered = std::fs::read_to_string(root().join("envoy/examples/sds").join(file)).unwrap();
+            let copy = std::fs::read_to_string(root().join(dir).join(file)).unwrap_or_default();
+            assert!(copy == rendered, "{dir}/{file} differs from envoy/examples/sds/{file}: run `just render`");
+        }
     }
+    let sds: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("manifests/base/sds.yaml")).unwrap()).unwrap();
+    let want: Value =
+        serde_json::from_str(&metrics_gate_envoy::sds_resource("/etc/metrics-gate/credentials/token")).unwrap();
+    assert_eq!(sds, want, "sds.yaml must name the projected token");
 }
 
 // ---- Relabeling ---------------------------------------------------------------------------------
