@@ -29,6 +29,7 @@ const TESTBED_FILES: &[&str] = &[
     "credentials",
     "credentials/token",
     "credentials/sds.yaml",
+    "credentials/serving-certificate.yaml",
     "tokens/prometheus-server",
     "tokens/nobody",
     "tls",
@@ -169,6 +170,43 @@ fn rendered_compose_config_agrees_with_the_compose_file() {
         if f.ends_with(".wasm") {
             assert!(mount.0.ends_with(WASM), "the .wasm mount is not the build's {WASM}");
         }
+    }
+
+    // The SDS resources the testbed writes (with the renderer's functions, for `--dir /testbed`) are
+    // the rendered ones, and every file they name is written by the testbed too.
+    let sds_dir = root().join("envoy/examples/sds");
+    let written = [
+        (
+            metrics_gate_envoy::SDS_FILE,
+            metrics_gate_envoy::sds_resource(&format!("{TESTBED_DIR}/credentials/token")),
+            None,
+        ),
+        (
+            metrics_gate_envoy::SERVING_CERT_FILE,
+            metrics_gate_envoy::sds_serving_certificate(&format!("{TESTBED_DIR}/tls")),
+            Some("compose-serving-certificate.yaml"),
+        ),
+    ];
+    for (file, text, rendered) in written {
+        let path = format!("{TESTBED_DIR}/credentials/{file}");
+        assert!(files.contains(&path), "the config does not load {path}");
+        let sds: Value = serde_yaml_ng::from_str(&text).unwrap();
+        if let Some(rendered) = rendered {
+            let want: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(sds_dir.join(rendered)).unwrap()).unwrap();
+            assert_eq!(sds, want, "{path} differs from envoy/examples/sds/{rendered}");
+        }
+        let mut named = Vec::new();
+        strings_of(&sds, "filename", &mut named);
+        strings_of(&sds, "path", &mut named);
+        assert!(!named.is_empty(), "{path} names no file");
+        for f in named {
+            let rel = f.strip_prefix(&format!("{TESTBED_DIR}/")).unwrap_or_else(|| panic!("{path} names {f}, outside {TESTBED_DIR}"));
+            assert!(TESTBED_FILES.contains(&rel), "{path} names {f}, which the testbed does not write");
+        }
+    }
+    let testbed = std::fs::read_to_string(root().join("host-tests/src/bin/metrics-gate-testbed.rs")).unwrap();
+    for f in ["sds_resource(", "sds_serving_certificate(", "SDS_FILE", "SERVING_CERT_FILE"] {
+        assert!(testbed.contains(f), "metrics-gate-testbed no longer writes its SDS files with {f}");
     }
 
     // Listeners: on the ${NODE_IP} placeholder the entrypoint fills in, each port published.

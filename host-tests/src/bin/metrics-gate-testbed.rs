@@ -7,8 +7,10 @@
 //!
 //!   apiserver-ca.crt                  the CA the apiserver's certificate chains to
 //!   credentials/token, sds.yaml       the proxy's own token, kubelet-style (`..data` symlinks)
-//!   tokens/prometheus-server, nobody  caller tokens (24 h): allowed by RBAC / no binding
+//!   credentials/serving-certificate.yaml  the SDS resource naming tls/tls.crt and tls/tls.key
 //!   tls/tls.crt, tls.key, ca.crt      a serving certificate for Envoy's listeners
+//!   tokens/prometheus-server, nobody  caller tokens (24 h): allowed by RBAC / no binding; written
+//!                                     last (compose's health check waits for tokens/nobody)
 //!
 //! Runs until SIGINT or SIGTERM.
 
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use metrics_gate_envoy::{sds_resource, SDS_FILE};
+use metrics_gate_envoy::{sds_resource, sds_serving_certificate, SDS_FILE, SERVING_CERT_FILE};
 use metrics_gate_host_tests::apiserver::{MockApiserver, MockApiserverOptions};
 use metrics_gate_host_tests::components::{allow_users, ComponentKind, ComponentOptions, FakeComponent};
 use metrics_gate_host_tests::rbac::default_rbac_files;
@@ -71,20 +73,6 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     write_pem(&dir, "apiserver-ca.crt", apiserver.ca_pem())?;
 
-    let credentials = TokenDir::new(dir.join("credentials"))?;
-    let token_file = credentials.file("token");
-    let proxy_token = issuer.mint(&ServiceAccount::metrics_gate(), TokenOptions::default().lifetime_secs(24 * 3600));
-    credentials.write(&[
-        ("token", proxy_token.as_bytes()),
-        (SDS_FILE, sds_resource(&token_file.to_string_lossy()).as_bytes()),
-    ])?;
-
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens)?;
-    let day = TokenOptions::default().lifetime_secs(24 * 3600);
-    std::fs::write(tokens.join("prometheus-server"), issuer.mint(&ServiceAccount::prometheus_server(), day.clone()))?;
-    std::fs::write(tokens.join("nobody"), issuer.mint(&ServiceAccount::nobody(), day))?;
-
     let ca = TestCa::new("metrics-gate-testbed-ca");
     let serving = ca.issue_server(
         &["metrics-gate.metrics-gate.svc", "localhost"],
@@ -94,6 +82,23 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&tls)?;
     serving.write_to(&tls, "tls")?;
     ca.write_cert(&tls, "ca.crt")?;
+
+    // The proxy's token and the SDS resources Envoy loads from the credentials directory: the token's
+    // and the serving certificate's (tls/ above), through the renderer's own functions.
+    let credentials = TokenDir::new(dir.join("credentials"))?;
+    let token_file = credentials.file("token");
+    let proxy_token = issuer.mint(&ServiceAccount::metrics_gate(), TokenOptions::default().lifetime_secs(24 * 3600));
+    credentials.write(&[
+        ("token", proxy_token.as_bytes()),
+        (SDS_FILE, sds_resource(&token_file.to_string_lossy()).as_bytes()),
+        (SERVING_CERT_FILE, sds_serving_certificate(&tls.to_string_lossy()).as_bytes()),
+    ])?;
+
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let day = TokenOptions::default().lifetime_secs(24 * 3600);
+    std::fs::write(tokens.join("prometheus-server"), issuer.mint(&ServiceAccount::prometheus_server(), day.clone()))?;
+    std::fs::write(tokens.join("nobody"), issuer.mint(&ServiceAccount::nobody(), day))?;
 
     // kube-controller-manager and kube-scheduler accept only the proxy's own account, as real ones
     // with an RBAC binding for it would.
