@@ -68,6 +68,10 @@ impl Example {
 }
 
 fn node_stack(client: ClientCertificates) -> Stack {
+    node_stack_of(&Preset::ALL, client)
+}
+
+fn node_stack_of(presets: &[Preset], client: ClientCertificates) -> Stack {
     Stack {
         node_ip: NodeAddress::node_ip_placeholder(),
         admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
@@ -78,7 +82,7 @@ fn node_stack(client: ClientCertificates) -> Stack {
             cert_dir: TLS_DIR.into(),
             client_ca_file: (client != ClientCertificates::Off).then(|| CLIENT_CA.into()),
         },
-        components: Preset::ALL
+        components: presets
             .iter()
             .map(|p| {
                 let mut c = Component::preset(*p, json!({}));
@@ -94,6 +98,11 @@ fn node_stack(client: ClientCertificates) -> Stack {
 /// The DaemonSet's bootstrap: the four control-plane components over TLS on `${NODE_IP}`.
 pub fn node() -> Stack {
     node_stack(ClientCertificates::Off)
+}
+
+/// The all-nodes overlay's bootstrap: kube-proxy alone, over TLS on `${NODE_IP}`.
+pub fn kube_proxy_node() -> Stack {
+    node_stack_of(&[Preset::KubeProxy], ClientCertificates::Off)
 }
 
 /// A controller's metrics on 127.0.0.1:8080 inside its pod, served on :8443 over TLS.
@@ -180,6 +189,12 @@ pub fn all() -> Vec<Example> {
                     etcd over TLS. Envoy does no environment substitution: the init container replaces the\n\
                     literal ${NODE_IP} with the node's IP (sed) into an emptyDir before Envoy starts.",
             content: Content::Bootstrap(Box::new(node())),
+        },
+        Example {
+            path: "manifests/overlays/all-nodes/envoy-bootstrap.yaml",
+            about: "The all-nodes overlay's Envoy bootstrap: kube-proxy alone over TLS, on every node.\n\
+                    The init container replaces the literal ${NODE_IP} with the node's IP before Envoy starts.",
+            content: Content::Bootstrap(Box::new(kube_proxy_node())),
         },
         Example {
             path: "envoy/examples/node.yaml",
