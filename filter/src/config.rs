@@ -27,6 +27,8 @@ pub struct Config {
     pub audiences: Vec<String>,
     /// `None`: non-resource `get <path>`, as kube-rbac-proxy and the components themselves check.
     pub resource_attributes: Option<ResourceAttributes>,
+    /// Users and groups let in without a SubjectAccessReview (after authentication).
+    pub static_allow: StaticAllow,
     pub identity_headers: Option<IdentityHeaders>,
     pub retry_after_seconds: u32,
     pub max_token_bytes: u64,
@@ -71,6 +73,20 @@ pub struct ResourceAttributes {
     pub resource: String,
     pub subresource: String,
     pub name: String,
+}
+
+/// kube-rbac-proxy's static authorization, reduced to what a metrics gate needs: principals that
+/// may read the allowed paths without asking the apiserver.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StaticAllow {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+impl StaticAllow {
+    pub fn admits(&self, username: &str, groups: &[String]) -> bool {
+        self.users.iter().any(|u| u == username) || groups.iter().any(|g| self.groups.contains(g))
+    }
 }
 
 /// Headers that tell the upstream who was let in (kube-rbac-proxy's `--auth-header-*`).
@@ -122,6 +138,7 @@ struct RawConfig {
     allowed_paths: Option<Vec<String>>,
     audiences: Vec<String>,
     resource_attributes: Option<ResourceAttributes>,
+    static_allow: StaticAllow,
     identity_headers: RawIdentityHeaders,
     retry_after_seconds: Option<u64>,
     max_token_bytes: Option<u64>,
@@ -187,7 +204,13 @@ impl RawConfig {
             ],
         )?;
         let api = top.object("apiserver", &["cluster", "authority", "timeout_ms"])?;
-        let authorization = top.object("authorization", &["resource_attributes"])?;
+        let authorization =
+            top.object("authorization", &["resource_attributes", "static_allow"])?;
+        let allow = authorization.object("static_allow", &["users", "groups"])?;
+        let static_allow = StaticAllow {
+            users: allow.strings("users")?.unwrap_or_default(),
+            groups: allow.strings("groups")?.unwrap_or_default(),
+        };
         let resource_attributes = match authorization.has("resource_attributes") {
             true => {
                 let ra = authorization.object(
@@ -236,6 +259,7 @@ impl RawConfig {
             allowed_paths: top.strings("allowed_paths")?,
             audiences: top.strings("audiences")?.unwrap_or_default(),
             resource_attributes,
+            static_allow,
             identity_headers: RawIdentityHeaders {
                 enabled: identity.boolean("enabled")?.unwrap_or(false),
                 user: identity.string("user")?,
@@ -315,6 +339,18 @@ impl RawConfig {
             None => None,
         };
 
+        for (kind, names) in [
+            ("users", &self.static_allow.users),
+            ("groups", &self.static_allow.groups),
+        ] {
+            if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+                return Err(problem(
+                    format!("authorization.static_allow.{kind}[{i}]"),
+                    "must be a non-empty name",
+                ));
+            }
+        }
+
         let identity_headers = self.identity_headers.validate()?;
 
         let retry_after_seconds = within(
@@ -368,6 +404,7 @@ impl RawConfig {
             allowed_paths,
             audiences: self.audiences,
             resource_attributes,
+            static_allow: self.static_allow,
             identity_headers,
             retry_after_seconds,
             max_token_bytes,

@@ -108,6 +108,22 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// Like [`issue_client`](Self::issue_client), but valid only in 2020.
+    pub fn issue_expired_client(&self, user: &str, groups: &[&str]) -> ClientCert {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, user);
+        for g in groups {
+            dn.push(DnType::OrganizationName, *g);
+        }
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        self.sign(params)
+    }
+
     fn sign(&self, params: CertificateParams) -> ServerCert {
         let key = KeyPair::generate().expect("generating a leaf key");
         let cert = params

@@ -210,3 +210,23 @@ fn required_client_certificates_refuse_connections_without_one() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn expired_client_certificates_fail_and_a_certificate_outranks_a_token() {
+    let stack = tls_stack(ClientCertificates::Optional);
+    let user = ServiceAccount::prometheus_server().username();
+    let expired = stack.client_ca.issue_expired_client(&user, &[]);
+    let r = stack.https_request(Preset::Etcd, SERVER_NAME, Some(&expired), "GET", "/metrics", &[]);
+    assert!(r.is_err(), "an expired certificate was accepted: {r:?}");
+
+    // A verified certificate and a token together: the certificate is the identity (kube-apiserver
+    // asks x509 first), so nobody's certificate with prometheus-server's token is 403.
+    let nobody = stack.client_cert(&ServiceAccount::nobody().username(), &[]);
+    let auth = format!("Bearer {}", stack.prometheus_token());
+    let r = stack
+        .https_request(Preset::Etcd, SERVER_NAME, Some(&nobody), "GET", "/metrics", &[("authorization", &auth)])
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("system:serviceaccount:observability:nobody"), "{}", r.text());
+    assert_eq!(stack.component(Preset::Etcd).count(), 0);
+}

@@ -407,3 +407,37 @@ fn callers_credentials_are_forwarded_only_when_configured() {
     };
     assert_eq!(forward.remove, vec!["x-remote-user"]);
 }
+
+#[test]
+fn statically_allowed_principals_skip_the_access_review() {
+    let c = config(
+        r#"{"authorization":{"static_allow":{"users":["system:serviceaccount:monitoring:vm"],"groups":["system:monitoring"]}}}"#,
+    );
+    let by_group = |groups: &[&str]| {
+        let user = User {
+            username: "someone".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..User::default()
+        };
+        let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+        gate.on_answer(&c, Ok(Answer::Token(Authentication::Authenticated(user))))
+    };
+    assert!(matches!(
+        by_group(&["system:authenticated", "system:monitoring"]),
+        Step::Forward(_)
+    ));
+    // Groups are really checked: anyone else still gets a SubjectAccessReview.
+    assert_eq!(
+        callout(by_group(&["system:authenticated"])).table,
+        Table::AccessReview
+    );
+    let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    let vm = User {
+        username: "system:serviceaccount:monitoring:vm".into(),
+        ..User::default()
+    };
+    assert!(matches!(
+        gate.on_answer(&c, Ok(Answer::Token(Authentication::Authenticated(vm)))),
+        Step::Forward(_)
+    ));
+}
