@@ -87,3 +87,28 @@ render:
 # The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
 demo: build
     cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-demo
+
+# Benchmarks, not part of the tests: metrics-gate against bare Envoy and the seed's HAProxy with wrk
+# on loopback (see BENCHMARKS.md). Refreshes bench/results/ and the results in BENCHMARKS.md;
+# `just bench --quick` is a smoke run (about a minute) that writes to target/bench-quick/ only.
+bench *args: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=""
+    for tool in wrk haproxy taskset; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+    if [ -n "$missing" ]; then
+      echo "==> installing wrk and haproxy (Debian)"
+      apt-get update -qq && apt-get install -y -qq wrk haproxy util-linux
+    fi
+    if ! {{root}}/.venv/bin/python -c "import matplotlib" 2>/dev/null; then
+      echo "==> installing matplotlib into .venv"
+      {{root}}/.venv/bin/pip install -q "matplotlib==3.11.2"
+    fi
+    case " {{args}} " in
+      *" --quick "*) out={{root}}/target/bench-quick; doc=() ;;
+      *) out={{root}}/bench/results; doc=(--doc {{root}}/BENCHMARKS.md) ;;
+    esac
+    MG_BENCH_COMMAND="just bench {{args}}" cargo run --locked -q -p metrics-gate-host-tests \
+      --bin metrics-gate-bench -- --out "$out" "${doc[@]}" {{args}}
+    {{root}}/.venv/bin/python {{root}}/bench/plot.py "$out/results.json" "$out/results.png"
+    echo "==> $out/results.png"
