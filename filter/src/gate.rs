@@ -52,23 +52,49 @@ pub struct Callout {
     /// The cache key: a digest of the whole question, never the token itself.
     pub key: Digest,
     pub path: &'static str,
-    /// JSON review. For a TokenReview it holds the caller's token: it goes to the apiserver and
-    /// nowhere else.
-    pub body: Vec<u8>,
-    /// Until when the answer may be remembered, in ms since the epoch, given the time `now_ms` the
-    /// request arrived; `None`: not at all.
-    pub cache_until_ms: Option<u64>,
+    question: Question,
+}
+
+/// What is asked. The TokenReview's body (and the token's expiry) are only worked out when the
+/// cache has no answer: a warm request pays for the digest alone.
+#[derive(PartialEq, Eq)]
+enum Question {
+    /// The caller's token: it goes to the apiserver and nowhere else.
+    Token(String),
+    /// The SubjectAccessReview body (its digest is the key, so it is built up front).
+    Access(Vec<u8>),
+}
+
+impl std::fmt::Debug for Question {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Question::Token(_) => f.write_str("Token(<redacted>)"),
+            Question::Access(body) => write!(f, "Access({} bytes)", body.len()),
+        }
+    }
 }
 
 impl Callout {
-    /// Until when `answer` to this callout may be cached.
+    /// The JSON review to POST.
+    pub fn body(&self, config: &Config) -> Vec<u8> {
+        match &self.question {
+            Question::Token(token) => review::token_review_body(token, &config.audiences),
+            Question::Access(body) => body.clone(),
+        }
+    }
+
+    /// Until when `answer` to this callout may be cached (ms since the epoch), asked at `now_ms`;
+    /// `None`: not at all. A TokenReview answer never outlives the token's own `exp`.
     pub fn cache_until(&self, config: &Config, answer: &Answer, now_ms: u64) -> Option<u64> {
-        let ttl = match answer {
-            Answer::Token(_) => return self.cache_until_ms,
-            Answer::Access(true) => config.cache.allow_ttl_seconds,
-            Answer::Access(false) => config.cache.deny_ttl_seconds,
+        let (ttl, token_exp) = match (answer, &self.question) {
+            (Answer::Token(_), Question::Token(token)) => {
+                (config.cache.token_review_ttl_seconds, jwt::expiry(token))
+            }
+            (Answer::Access(true), _) => (config.cache.allow_ttl_seconds, None),
+            (Answer::Access(false), _) => (config.cache.deny_ttl_seconds, None),
+            (Answer::Token(_), Question::Access(_)) => return None,
         };
-        cache::token_review_expiry_ms(now_ms, ttl, None)
+        cache::token_review_expiry_ms(now_ms, ttl, token_exp)
     }
 }
 
@@ -103,8 +129,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// `now_ms`: the current time, which bounds how long answers may be cached.
-    pub fn on_request(&mut self, config: &Config, head: &RequestHead<'_>, now_ms: u64) -> Step {
+    pub fn on_request(&mut self, config: &Config, head: &RequestHead<'_>) -> Step {
         let path = head
             .path
             .split_once('?')
@@ -150,19 +175,12 @@ impl Gate {
             // Missing, duplicate and malformed all get the same challenge: send one bearer token.
             Err(_problem) => return self.finish(Reply::unauthorized(false)),
         };
-        let body = review::token_review_body(token, &config.audiences);
-        let cache_until_ms = cache::token_review_expiry_ms(
-            now_ms,
-            config.cache.token_review_ttl_seconds,
-            jwt::expiry(token),
-        );
         self.phase = Phase::AwaitingTokenReview { attributes, strip };
         Step::Call(Callout {
             table: Table::TokenReview,
             key: cache::token_review_key(token, &config.audiences),
             path: review::TOKEN_REVIEW_PATH,
-            body,
-            cache_until_ms,
+            question: Question::Token(token.to_owned()),
         })
     }
 
@@ -218,8 +236,7 @@ impl Gate {
                         table: Table::AccessReview,
                         key,
                         path: review::SUBJECT_ACCESS_REVIEW_PATH,
-                        body,
-                        cache_until_ms: None,
+                        question: Question::Access(body),
                     })
                 }
                 Authentication::Rejected => self.finish(Reply::unauthorized(true)),

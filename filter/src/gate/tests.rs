@@ -33,7 +33,6 @@ fn start(config: &Config, method: &str, path: &str, pairs: &[(&str, &str)]) -> (
             headers: &headers,
             peer_subject: None,
         },
-        NOW_MS,
     );
     (gate, step)
 }
@@ -125,7 +124,7 @@ fn requests_without_one_plausible_token_get_401_with_a_challenge() {
 fn the_token_review_carries_the_token_and_audiences() {
     let c = config(r#"{"audiences":["metrics-gate"]}"#);
     let call = callout(start(&c, "GET", "/metrics", &[BEARER]).1);
-    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&call.body(&c)).unwrap();
     assert_eq!(body["spec"]["token"], "abc.def.ghi");
     assert_eq!(body["spec"]["audiences"][0], "metrics-gate");
 }
@@ -156,7 +155,7 @@ fn authenticated_user_is_checked_with_a_subject_access_review() {
     let (mut gate, _) = start(&c, "HEAD", "/metrics?x=1", &[BEARER]);
     let call = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
     assert_eq!(call.path, review::SUBJECT_ACCESS_REVIEW_PATH);
-    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&call.body(&c)).unwrap();
     assert_eq!(
         body["spec"]["user"],
         "system:serviceaccount:observability:prometheus-server"
@@ -167,7 +166,7 @@ fn authenticated_user_is_checked_with_a_subject_access_review() {
         body["spec"]["nonResourceAttributes"],
         serde_json::json!({"path": "/metrics", "verb": "get"})
     );
-    assert!(!String::from_utf8(call.body)
+    assert!(!String::from_utf8(call.body(&c))
         .unwrap()
         .contains("abc.def.ghi"));
 }
@@ -306,7 +305,7 @@ fn resource_attributes_replace_the_path_check() {
     );
     let (mut gate, _) = start(&c, "GET", "/metrics", &[BEARER]);
     let call = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
-    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&call.body(&c)).unwrap();
     assert_eq!(body["spec"]["resourceAttributes"]["resource"], "pods");
     assert_eq!(body["spec"]["resourceAttributes"]["verb"], "get");
     assert!(body["spec"].get("nonResourceAttributes").is_none());
@@ -327,10 +326,13 @@ fn cache_keys_and_lifetimes_come_with_each_question() {
     let tr = callout(step);
     assert_eq!(tr.table, Table::TokenReview);
     assert_eq!(tr.key, cache::token_review_key("abc.def.ghi", &[]));
-    assert_eq!(tr.cache_until_ms, Some(NOW_MS + 60_000));
+    assert_eq!(
+        tr.cache_until(&c, &Answer::Token(Authentication::Rejected), NOW_MS),
+        Some(NOW_MS + 60_000)
+    );
     let sar = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
     assert_eq!(sar.table, Table::AccessReview);
-    assert_eq!(sar.key, cache::access_review_key(&sar.body));
+    assert_eq!(sar.key, cache::access_review_key(&sar.body(&c)));
     assert_eq!(
         sar.cache_until(&c, &Answer::Access(true), NOW_MS),
         Some(NOW_MS + 300_000)
@@ -374,9 +376,9 @@ fn a_verified_client_certificate_is_the_identity_when_trusted() {
         peer_subject: Some("CN=scraper,O=monitoring"),
     };
     // Straight to the SubjectAccessReview: no TokenReview for a certificate.
-    let sar = callout(gate.on_request(&c, &head, NOW_MS));
+    let sar = callout(gate.on_request(&c, &head));
     assert_eq!(sar.table, Table::AccessReview);
-    let body: serde_json::Value = serde_json::from_slice(&sar.body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&sar.body(&c)).unwrap();
     assert_eq!(body["spec"]["user"], "scraper");
     assert_eq!(
         body["spec"]["groups"],
@@ -393,7 +395,7 @@ fn a_verified_client_certificate_is_the_identity_when_trusted() {
 
     // Without the option the certificate is ignored and the token is reviewed.
     let c = config("{}");
-    let tr = callout(Gate::default().on_request(&c, &head, NOW_MS));
+    let tr = callout(Gate::default().on_request(&c, &head));
     assert_eq!(tr.table, Table::TokenReview);
 }
 

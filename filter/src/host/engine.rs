@@ -227,7 +227,7 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
     match hostcalls::dispatch_http_call(
         &config.apiserver_cluster,
         headers,
-        Some(&callout.body),
+        Some(&callout.body(config)),
         vec![],
         timeout,
     ) {

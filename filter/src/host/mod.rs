@@ -246,8 +246,7 @@ impl HttpContext for Request {
             headers: &headers,
             peer_subject: peer_subject.as_deref(),
         };
-        let now = engine::now_ms();
-        let step = state.gate.on_request(&self.shared.config, &head, now);
+        let step = state.gate.on_request(&self.shared.config, &head);
         verdict(engine::advance(self.id, state, step, Phase::Headers))
     }
 }
