@@ -96,29 +96,12 @@ impl TestCa {
 
     /// A client certificate: CN = `user`, one O per group.
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> ClientCert {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, user);
-        for g in groups {
-            dn.push(DnType::OrganizationName, *g);
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
+        self.sign(client_params(user, groups))
     }
 
     /// Like [`issue_client`](Self::issue_client), but valid only in 2020.
     pub fn issue_expired_client(&self, user: &str, groups: &[&str]) -> ClientCert {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, user);
-        for g in groups {
-            dn.push(DnType::OrganizationName, *g);
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut params = client_params(user, groups);
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2020, 12, 31);
         self.sign(params)
@@ -208,6 +191,20 @@ pub fn tls_connector(ca_pem: &str) -> anyhow::Result<TlsConnector> {
 /// `ServerName` from a DNS name or an IP literal.
 pub fn server_name(host: &str) -> anyhow::Result<ServerName<'static>> {
     Ok(ServerName::try_from(host.to_string())?)
+}
+
+/// A client certificate's parameters: CN `user`, one O per group (how Kubernetes reads them).
+fn client_params(user: &str, groups: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, user);
+    for g in groups {
+        dn.push(DnType::OrganizationName, *g);
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
 }
 
 #[cfg(test)]
