@@ -16,7 +16,14 @@ fn reviews_in_flight_are_capped_per_node() {
     let stack = LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy, Preset::Etcd],
         envoy: EnvoyOptions { concurrency: 2, ..Default::default() },
-        plugin_config: json!({"max_callouts_in_flight": 4, "apiserver": {"timeout_ms": 5000}}),
+        // A large table: with the default 8,192 slots, one of the 40 bogus tokens lands on the
+        // scraper's slot about once in 200 runs and evicts its answer (a known limit of the
+        // direct-mapped table, see BENCHMARKS.md); this test is about the cap.
+        plugin_config: json!({
+            "max_callouts_in_flight": 4,
+            "apiserver": {"timeout_ms": 5000},
+            "cache": {"max_entries": 1_048_576},
+        }),
         ..Default::default()
     })
     .unwrap();
@@ -41,7 +48,8 @@ fn reviews_in_flight_are_capped_per_node() {
         // Meanwhile the real scraper is served from the cache.
         std::thread::sleep(Duration::from_millis(200));
         for _ in 0..10 {
-            assert_eq!(stack.scrape(Preset::Etcd, "/metrics", &scraper).status, 200);
+            let answer = stack.scrape(Preset::Etcd, "/metrics", &scraper);
+            assert_eq!(answer.status, 200, "the cached scraper was refused: {}", answer.text());
         }
         flood.into_iter().map(|h| h.join().unwrap()).collect()
     });
