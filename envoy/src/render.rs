@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Admin, Bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, data_source, socket_address, Address, AsyncDataSource, ConfigSource,
-    DataSource, EnvoyInternalAddress, Node, PathConfigSource, SocketAddress, TransportSocket,
+    address, config_source, data_source, http_protocol_options, socket_address, Address,
+    AsyncDataSource, ConfigSource, DataSource, EnvoyInternalAddress, HttpProtocolOptions, Node, PathConfigSource, SocketAddress, TransportSocket,
     TypedExtensionConfig, WatchedDirectory,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -64,6 +64,14 @@ use crate::{
 /// Route timeout towards a component. Router timeouts start once the filter has let the request
 /// through, so the apiserver callouts do not eat into it; a large /metrics takes well under this.
 const COMPONENT_TIMEOUT_MS: u32 = 30_000;
+/// How long Envoy lets a request wait for the filter: each of the two reviews is bounded by the
+/// apiserver timeout plus the filter's one-second margin, and two more seconds cover the timer.
+pub fn paused_request_bound_ms(apiserver_timeout_ms: u32) -> u32 {
+    apiserver_timeout_ms
+        .saturating_add(1_000)
+        .saturating_mul(2)
+        .saturating_add(2_000)
+}
 /// TCP connect timeout of every cluster: all upstreams are on loopback or in-cluster.
 const CONNECT_TIMEOUT_MS: u32 = 1_000;
 /// The only apiserver calls the proxy's token may be used for.
@@ -391,6 +399,16 @@ fn component_listener(stack: &Stack, c: &Component) -> Listener {
         // Envoy is the edge here: take the peer address from the connection and do not trust a
         // caller's x-forwarded-for / x-envoy-* headers.
         use_remote_address: Some(BoolValue { value: true }),
+        // A request the filter holds (reviews under way) ends within this even if the filter
+        // never answers it (a crashed VM): longer than the filter's own bound, two reviews each
+        // within the apiserver timeout plus a margin, so normally the filter's 503 comes first.
+        request_timeout: Some(duration(paused_request_bound_ms(stack.apiserver.timeout_ms))),
+        common_http_protocol_options: Some(HttpProtocolOptions {
+            // `x_remote_user` is `x-remote-user` to many servers: such names never go upstream.
+            headers_with_underscores_action:
+                http_protocol_options::HeadersWithUnderscoresAction::DropHeader as i32,
+            ..Default::default()
+        }),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {
                 name: c.name.clone(),

@@ -63,9 +63,11 @@ pub fn slot_key(table: Table, digest: &Digest, max_entries: u32) -> String {
 /// What a slot holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// An answer, valid until `expires_ms`.
+    /// An answer written at `stored_ms`, valid until `expires_ms` — for a reader whose own TTL for
+    /// it has not run out since `stored_ms` (listeners may differ; see `Lookup::Hit`).
     Ready {
         digest: Digest,
+        stored_ms: u64,
         expires_ms: u64,
         value: Vec<u8>,
     },
@@ -84,9 +86,18 @@ impl Record {
         let (tag, digest, time, value): (u8, &Digest, u64, &[u8]) = match self {
             Record::Ready {
                 digest,
+                stored_ms,
                 expires_ms,
                 value,
-            } => (READY, digest, *expires_ms, value),
+            } => {
+                let mut out = Vec::with_capacity(49 + value.len());
+                out.push(READY);
+                out.extend_from_slice(digest);
+                out.extend_from_slice(&expires_ms.to_be_bytes());
+                out.extend_from_slice(&stored_ms.to_be_bytes());
+                out.extend_from_slice(value);
+                return out;
+            }
             Record::Pending {
                 digest,
                 lease_until_ms,
@@ -109,11 +120,15 @@ impl Record {
         let time = u64::from_be_bytes(*time);
         let digest = *digest;
         match tag {
-            READY => Some(Record::Ready {
-                digest,
-                expires_ms: time,
-                value: value.to_vec(),
-            }),
+            READY => {
+                let (stored, value) = value.split_first_chunk::<8>()?;
+                Some(Record::Ready {
+                    digest,
+                    stored_ms: u64::from_be_bytes(*stored),
+                    expires_ms: time,
+                    value: value.to_vec(),
+                })
+            }
             PENDING if value.is_empty() => Some(Record::Pending {
                 digest,
                 lease_until_ms: time,
@@ -138,8 +153,9 @@ impl Record {
 /// What a request should do about its question, given the slot's record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// The answer is known.
-    Hit(Vec<u8>),
+    /// The answer is known, as stored at `stored_ms`: the reader still checks it against its own
+    /// TTL for that answer (a listener with shorter TTLs, or 0, never takes an older answer).
+    Hit { value: Vec<u8>, stored_ms: u64 },
     /// Nobody is asking: claim the slot and ask. `evicts` says whether that replaces another
     /// question's live answer.
     Miss { evicts: bool },
@@ -169,14 +185,26 @@ pub fn lookup(
     }
     match record {
         Record::Ready {
-            expires_ms, value, ..
-        } if *expires_ms > now_ms => Lookup::Hit(value.clone()),
+            expires_ms,
+            value,
+            stored_ms,
+            ..
+        } if *expires_ms > now_ms => Lookup::Hit {
+            value: value.clone(),
+            stored_ms: *stored_ms,
+        },
         Record::Pending { lease_until_ms, .. } if *lease_until_ms > now_ms => Lookup::Wait,
         Record::Failed { at_ms, .. } if waiting_since_ms.is_some_and(|since| since <= *at_ms) => {
             Lookup::Failed
         }
         _ => Lookup::Miss { evicts: false },
     }
+}
+
+/// Whether an answer stored at `stored_ms` is still fresh at `now_ms` for a reader whose TTL for
+/// it is `ttl_seconds` (0: never — that reader does not cache).
+pub fn fresh_for_reader(stored_ms: u64, ttl_seconds: u32, now_ms: u64) -> bool {
+    stored_ms.saturating_add(u64::from(ttl_seconds).saturating_mul(1000)) > now_ms
 }
 
 /// How long a TokenReview answer may be remembered: the configured TTL, but never past the token's
@@ -207,11 +235,13 @@ mod tests {
         for record in [
             Record::Ready {
                 digest: D,
+                stored_ms: 1,
                 expires_ms: 5,
                 value: b"user".to_vec(),
             },
             Record::Ready {
                 digest: D,
+                stored_ms: 1,
                 expires_ms: 5,
                 value: vec![],
             },
@@ -249,12 +279,16 @@ mod tests {
         assert_eq!(lookup(None, &D, 10, None), Lookup::Miss { evicts: false });
         let ready = Record::Ready {
             digest: D,
+            stored_ms: 3,
             expires_ms: 20,
             value: b"v".to_vec(),
         };
         assert_eq!(
             lookup(Some(&ready), &D, 10, None),
-            Lookup::Hit(b"v".to_vec())
+            Lookup::Hit {
+                value: b"v".to_vec(),
+                stored_ms: 3
+            }
         );
         assert_eq!(
             lookup(Some(&ready), &D, 20, None),

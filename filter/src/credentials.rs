@@ -18,12 +18,12 @@ pub enum CredentialProblem {
 /// Kubernetes token is: anything else (spaces, commas from a merged duplicate header, control bytes)
 /// cannot be a token and is refused before the apiserver is asked.
 pub fn bearer_token<'h>(
-    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
     max_token_bytes: u64,
 ) -> Result<&'h str, CredentialProblem> {
     let mut found = None;
     for (name, value) in headers {
-        if name.eq_ignore_ascii_case("authorization") {
+        if name.eq_ignore_ascii_case(b"authorization") {
             if found.is_some() {
                 return Err(CredentialProblem::Duplicate);
             }
@@ -31,6 +31,8 @@ pub fn bearer_token<'h>(
         }
     }
     let value = found.ok_or(CredentialProblem::Missing)?;
+    // Header values are bytes: one that is not even UTF-8 cannot hold a token68.
+    let value = std::str::from_utf8(value).map_err(|_| CredentialProblem::Malformed)?;
     let (scheme, rest) = value.split_once(' ').ok_or(CredentialProblem::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(CredentialProblem::Malformed);
@@ -66,7 +68,10 @@ mod tests {
     const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
 
     fn token(headers: &[(&'static str, &'static str)]) -> Result<&'static str, CredentialProblem> {
-        bearer_token(headers.iter().copied(), 8192)
+        bearer_token(
+            headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            8192,
+        )
     }
 
     #[test]
@@ -116,9 +121,14 @@ mod tests {
                 "{bad:?}"
             );
         }
+        assert_eq!(
+            bearer_token([(&b"authorization"[..], &b"Bearer caf\xE9"[..])], 64),
+            Err(CredentialProblem::Malformed),
+            "a value that is not UTF-8"
+        );
         let long = format!("Bearer {}", "a".repeat(65));
         assert_eq!(
-            bearer_token([("authorization", long.as_str())], 64),
+            bearer_token([(&b"authorization"[..], long.as_bytes())], 64),
             Err(CredentialProblem::Malformed)
         );
     }

@@ -20,6 +20,7 @@
 use crate::cache::{self, Digest, Table};
 use crate::config::Config;
 use crate::credentials::{self, bearer_token};
+use crate::identity_headers;
 use crate::jwt;
 use crate::reply::Reply;
 use crate::review::{self, Answer, ApiserverTrouble, Attributes, Authentication, User};
@@ -28,8 +29,8 @@ use crate::review::{self, Answer, ApiserverTrouble, Attributes, Authentication, 
 pub struct RequestHead<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    /// Every request header as Envoy has it (names lowercase).
-    pub headers: &'a [(String, String)],
+    /// Every request header as Envoy has it (names lowercase; values are bytes, not text).
+    pub headers: &'a [(&'a [u8], &'a [u8])],
     /// Subject of the client certificate the listener verified, if any.
     pub peer_subject: Option<&'a str>,
 }
@@ -80,6 +81,15 @@ impl Callout {
         match &self.question {
             Question::Token(token) => review::token_review_body(token, &config.audiences),
             Question::Access(body) => body.clone(),
+        }
+    }
+
+    /// This listener's TTL, in seconds, for `answer` to this callout.
+    pub fn ttl_seconds(&self, config: &Config, answer: &Answer) -> u32 {
+        match answer {
+            Answer::Token(_) => config.cache.token_review_ttl_seconds,
+            Answer::Access(true) => config.cache.allow_ttl_seconds,
+            Answer::Access(false) => config.cache.deny_ttl_seconds,
         }
     }
 
@@ -169,8 +179,7 @@ impl Gate {
                 Ok(Answer::Token(Authentication::Authenticated(user))),
             );
         }
-        let headers = head.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        let token = match bearer_token(headers, config.max_token_bytes) {
+        let token = match bearer_token(head.headers.iter().copied(), config.max_token_bytes) {
             Ok(token) => token,
             // Missing, duplicate and malformed all get the same challenge: send one bearer token.
             Err(_problem) => return self.finish(Reply::unauthorized(false)),
@@ -278,23 +287,26 @@ impl Gate {
     }
 }
 
-/// The caller's credentials and anything that looks like an identity claim. `x-remote-*` is the
-/// family kube-rbac-proxy and aggregated apiservers trust, so none of it may come from the client.
-fn headers_to_strip(config: &Config, headers: &[(String, String)]) -> Vec<String> {
-    headers
-        .iter()
-        .map(|(name, _)| name)
-        .filter(|name| {
-            let name = name.to_ascii_lowercase();
-            (name == "authorization" && !config.forward_caller_credentials)
-                || name.starts_with("x-remote-")
-                || config
-                    .identity_headers
-                    .as_ref()
-                    .is_some_and(|h| name == h.user || name == h.groups)
-        })
-        .cloned()
-        .collect()
+/// The caller's credentials and every header that asserts or carries an identity (see
+/// `identity_headers`), plus the names this listener sets itself from the review.
+fn headers_to_strip(config: &Config, headers: &[(&[u8], &[u8])]) -> Vec<String> {
+    let mut strip: Vec<String> = Vec::new();
+    for (name, _) in headers {
+        let remove = (!config.forward_caller_credentials
+            && identity_headers::same_header(name, "authorization"))
+            || identity_headers::asserts_identity(name)
+            || config.identity_headers.as_ref().is_some_and(|h| {
+                identity_headers::same_header(name, &h.user)
+                    || identity_headers::same_header(name, &h.groups)
+            });
+        // Every name on the lists is ASCII, so a name that matched is valid UTF-8.
+        if let (true, Ok(name)) = (remove, std::str::from_utf8(name)) {
+            if !strip.iter().any(|known| known == name) {
+                strip.push(name.to_owned());
+            }
+        }
+    }
+    strip
 }
 
 fn identity_headers(config: &Config, user: &User) -> Vec<(String, String)> {

@@ -11,6 +11,8 @@ pub mod config;
 pub mod credentials;
 mod fields;
 pub mod gate;
+pub mod header_map;
+pub mod identity_headers;
 pub mod jwt;
 pub mod metrics;
 pub mod reply;

@@ -35,6 +35,11 @@ pub enum Fault {
     Down,
     /// Answer normally, but only after this delay (other connections are not held up).
     Slow(Duration),
+    /// Like `Slow`, with a delay of its own for each kind of review.
+    SlowReviews {
+        token_review: Duration,
+        access_review: Duration,
+    },
     /// 500 with an InternalError Status.
     ServerError,
     /// 201 with a body that is not JSON.
@@ -433,6 +438,18 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
         .unwrap_or_default();
 
     let fault = st.fault.lock().unwrap().clone();
+    if let Fault::SlowReviews {
+        token_review,
+        access_review,
+    } = fault
+    {
+        let delay = match ctx.kind {
+            CallKind::TokenReview => token_review,
+            CallKind::SubjectAccessReview => access_review,
+            CallKind::Other => Duration::ZERO,
+        };
+        tokio::time::sleep(delay).await;
+    }
     if let Fault::Slow(d) = fault {
         tokio::time::sleep(d).await;
     }

@@ -15,10 +15,10 @@ fn config(json: &str) -> Config {
     Config::parse(json.as_bytes()).unwrap()
 }
 
-fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
     pairs
         .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
         .collect()
 }
 

@@ -11,17 +11,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
-
+use super::abi;
 use super::shared::{self, CalloutLease, Slot};
 use super::Shared;
-use crate::cache::{Lookup, Record};
+use crate::cache::{self, Lookup, Record};
 use crate::gate::{Callout, Gate, Step};
 use crate::reply::{Outcome, Reply};
 use crate::review::{Answer, ApiserverTrouble};
 
-/// How often requests waiting on another request's review look for its answer.
+/// How often the timer runs while any request is paused: requests waiting on another request's
+/// review look for its answer, and any request past its deadline is answered.
 pub const WAIT_POLL: Duration = Duration::from_millis(10);
 
 /// Where a step is carried out: in the request's header callback (answer with continue/pause) or
@@ -48,6 +47,8 @@ pub struct RequestState {
     /// This request claimed the question's slot (and must release it if it goes away).
     owns_slot: bool,
     lease: Option<CalloutLease>,
+    /// When the question it is paused on must have been answered; past it the timer answers 503.
+    deadline_ms: u64,
 }
 
 impl RequestState {
@@ -60,6 +61,7 @@ impl RequestState {
             waiting_since_ms: None,
             owns_slot: false,
             lease: None,
+            deadline_ms: u64::MAX,
         }
     }
 }
@@ -79,19 +81,15 @@ fn remove_entry<V>(table: &mut Vec<(u32, V)>, key: u32) -> Option<V> {
     Some(table.swap_remove(index).1)
 }
 
+/// Pauses request `id`. The timer is armed on every pause, so nothing paused goes unwatched: the
+/// tick moves waiters on and answers whatever is past its deadline (see `on_tick`).
 fn park(id: u32, state: RequestState) {
     REQUESTS.with(|r| r.borrow_mut().push((id, state)));
+    let _ = abi::set_tick_period(WAIT_POLL);
 }
 
 fn take(id: u32) -> Option<RequestState> {
     REQUESTS.with(|r| remove_entry(&mut r.borrow_mut(), id))
-}
-
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Moves request `id` on from `step` until it is answered, forwarded, or waits.
@@ -133,39 +131,41 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
     let shared = Rc::clone(&state.shared);
     let config = &shared.config;
     let max = config.cache.max_entries;
-    let now = now_ms();
+    let now = abi::now_ms();
     // Two rounds: a lost race for the slot is settled by reading it again.
     for _ in 0..2 {
         let slot = Slot::read(callout.table, &callout.key, max);
         let lookup = match slot.lookup(&callout.key, now, state.waiting_since_ms) {
-            Lookup::Hit(bytes) => match Answer::decode(callout.table, &bytes) {
-                Some(answer) => {
+            Lookup::Hit { value, stored_ms } => match Answer::decode(callout.table, &value) {
+                // Fresh for this listener's own TTL (another listener may keep answers longer),
+                // or the very answer this request was waiting for.
+                Some(answer)
+                    if cache::fresh_for_reader(
+                        stored_ms,
+                        callout.ttl_seconds(config, &answer),
+                        now,
+                    ) || state
+                        .waiting_since_ms
+                        .is_some_and(|since| stored_ms >= since) =>
+                {
                     shared.metrics.count_cache(true);
                     state.waiting_since_ms = None;
                     return Asked::Answer(Ok(answer));
                 }
-                // Unreadable (written by another version of the filter?): ask again.
-                None => Lookup::Miss { evicts: false },
+                // Too old for this listener, or unreadable (another version of the filter?).
+                _ => Lookup::Miss { evicts: false },
             },
             other => other,
         };
         match lookup {
-            Lookup::Hit(_) => {}
+            Lookup::Hit { .. } => {}
             Lookup::Wait => {
                 if state.waiting_since_ms.is_none() {
                     state.waiting_since_ms = Some(now);
+                    state.deadline_ms = now.saturating_add(lease_ms(config.apiserver_timeout_ms));
                     shared.metrics.count_coalesced();
-                    WAITERS.with(|w| w.borrow_mut().push(id));
-                    let _ = hostcalls::set_tick_period(WAIT_POLL);
-                } else if now.saturating_sub(state.waiting_since_ms.unwrap_or(now))
-                    > lease_ms(config.apiserver_timeout_ms)
-                {
-                    return Asked::Answer(Err(ApiserverTrouble(
-                        "waited too long for another request's review".into(),
-                    )));
-                } else {
-                    WAITERS.with(|w| w.borrow_mut().push(id));
                 }
+                WAITERS.with(|w| w.borrow_mut().push(id));
                 state.pending = Some(callout);
                 return Asked::Waiting;
             }
@@ -224,7 +224,8 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
         ("accept", "application/json"),
     ];
     let timeout = Duration::from_millis(config.apiserver_timeout_ms);
-    match hostcalls::dispatch_http_call(
+    // The SDK's call, not `abi`'s: the SDK must register the token to route the answer back.
+    match proxy_wasm::hostcalls::dispatch_http_call(
         &config.apiserver_cluster,
         headers,
         Some(&callout.body(config)),
@@ -237,6 +238,9 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
             state.lease = Some(lease);
             state.pending = Some(callout);
             state.now_ms = now;
+            state.deadline_ms = now.saturating_add(lease_ms(config.apiserver_timeout_ms));
+            // It asks itself now: if it waits again later, that is a new wait with a new deadline.
+            state.waiting_since_ms = None;
             Asked::Waiting
         }
         Err(status) => {
@@ -269,20 +273,17 @@ fn give_up_slot(state: &mut RequestState, callout: &Callout, now: u64) {
 /// The apiserver answered callout `token` (called from whichever context the SDK routes it to).
 pub fn on_callout_answer(token: u32, body_size: usize) {
     // Read the answer first: it belongs to the callback in progress.
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+    let status = abi::header(abi::CALL_RESPONSE_HEADERS, ":status")
         .ok()
         .flatten()
-        .and_then(|s| s.parse::<u16>().ok());
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+    let body = abi::buffer(abi::CALL_RESPONSE_BODY, body_size).unwrap_or_default();
     let Some(id) = CALLOUTS.with(|c| remove_entry(&mut c.borrow_mut(), token)) else {
         return;
     };
     let Some(mut state) = take(id) else { return };
-    let _ = hostcalls::set_effective_context(id);
-    let now = now_ms();
+    let _ = abi::set_effective_context(id);
+    let now = abi::now_ms();
     state.shared.metrics.callouts_in_flight(-1);
     state
         .shared
@@ -301,6 +302,7 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
         Ok(a) => match callout.cache_until(config, a, state.now_ms) {
             Some(expires_ms) => Record::Ready {
                 digest: callout.key,
+                stored_ms: now,
                 expires_ms,
                 value: a.encode(),
             },
@@ -326,19 +328,64 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
     let _ = advance(id, state, step, Phase::Later);
 }
 
-/// The root context's timer: moves on requests waiting for another request's review.
-/// Returns whether any are still waiting.
-pub fn poll_waiters() -> bool {
+/// The root context's timer: answers every paused request past its deadline (whatever it waits
+/// for: its own callout whose answer never came, or another request's), then moves on requests
+/// waiting for another request's review. Returns whether any request is still paused (the timer
+/// must keep running).
+pub fn on_tick() -> bool {
+    let now = abi::now_ms();
+    let overdue: Vec<u32> = REQUESTS.with(|r| {
+        r.borrow()
+            .iter()
+            .filter(|(_, state)| state.deadline_ms <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    });
+    for id in overdue {
+        time_out(id);
+    }
     let waiting = WAITERS.with(|w| std::mem::take(&mut *w.borrow_mut()));
     for id in waiting {
         let Some(mut state) = take(id) else { continue };
         let Some(callout) = state.pending.take() else {
             continue;
         };
-        let _ = hostcalls::set_effective_context(id);
+        let _ = abi::set_effective_context(id);
         let _ = advance(id, state, Step::Call(callout), Phase::Later);
     }
-    WAITERS.with(|w| !w.borrow().is_empty())
+    REQUESTS.with(|r| !r.borrow().is_empty())
+}
+
+/// Request `id` waited past its deadline: release what it holds and answer 503.
+fn time_out(id: u32) {
+    let Some(mut state) = take(id) else { return };
+    WAITERS.with(|w| w.borrow_mut().retain(|w| *w != id));
+    CALLOUTS.with(|c| c.borrow_mut().retain(|(_, request)| *request != id));
+    let now = abi::now_ms();
+    if let Some(lease) = state.lease.take() {
+        state.shared.metrics.callouts_in_flight(-1);
+        shared::release_callout(lease);
+    }
+    if let Some(callout) = state.pending.take() {
+        give_up_slot(&mut state, &callout, now);
+    }
+    let _ = abi::set_effective_context(id);
+    let detail = format!(
+        "no answer to the review within {} ms",
+        lease_ms(state.shared.config.apiserver_timeout_ms)
+    );
+    let step = state.gate.trouble(&state.shared.config, detail);
+    let _ = advance(id, state, step, Phase::Later);
+}
+
+/// A stream of a plugin whose configuration Envoy refused (it should create none): refused.
+pub fn refuse_unconfigured() {
+    let reply = Reply::apiserver_unavailable(1);
+    if abi::send_local_response(reply.status, &reply_headers(&reply), reply.body.as_bytes())
+        .is_err()
+    {
+        let _ = abi::reset_request();
+    }
 }
 
 /// The request is gone (answered, forwarded, or the client left): forget it, and hand a claimed
@@ -355,19 +402,24 @@ pub fn forget(id: u32) {
     WAITERS.with(|w| w.borrow_mut().retain(|w| *w != id));
 }
 
+fn reply_headers(reply: &Reply) -> Vec<u8> {
+    crate::header_map::serialize(
+        reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+    )
+}
+
 fn send_reply(shared: &Shared, reply: &Reply) {
     shared.metrics.count(reply.outcome);
     if let Some(detail) = &reply.log_detail {
         log::warn!("metrics-gate: answering {}: {detail}", reply.status);
     }
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
-        .collect();
-    if hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes())).is_err() {
+    let sent = abi::send_local_response(reply.status, &reply_headers(reply), reply.body.as_bytes());
+    if sent.is_err() {
         // Could not answer: end the stream rather than let it continue upstream.
-        let _ = hostcalls::reset_http_request();
+        let _ = abi::reset_request();
     }
 }
 
@@ -375,10 +427,10 @@ fn forward_request(shared: &Shared, forward: crate::gate::Forward, phase: Phase)
     let edited = forward
         .remove
         .iter()
-        .try_for_each(|name| hostcalls::remove_map_value(MapType::HttpRequestHeaders, name))
+        .try_for_each(|name| abi::remove_header(abi::REQUEST_HEADERS, name))
         .and_then(|()| {
             forward.set.iter().try_for_each(|(name, value)| {
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                abi::replace_header(abi::REQUEST_HEADERS, name, value)
             })
         });
     if let Err(status) = edited {
@@ -392,8 +444,8 @@ fn forward_request(shared: &Shared, forward: crate::gate::Forward, phase: Phase)
     match phase {
         Phase::Headers => Verdict::Continue,
         Phase::Later => {
-            if hostcalls::resume_http_request().is_err() {
-                let _ = hostcalls::reset_http_request();
+            if abi::resume_request().is_err() {
+                let _ = abi::reset_request();
             }
             Verdict::Pause
         }

@@ -2,21 +2,23 @@
 //! is the node-wide cache and callout cap in Envoy's shared data; this module holds the contexts
 //! Envoy creates and the counters.
 //!
-//! It calls `proxy_wasm::hostcalls` directly rather than the SDK's trait helpers, because those
-//! `unwrap()` host errors: here every failure is handled, and always by keeping the gate shut.
+//! Host calls go through `abi` (bytes in, statuses out, nothing that can trap) rather than the
+//! SDK's helpers, which `unwrap()` or `panic!`: here every failure is handled, and always by
+//! keeping the gate shut. The SDK still provides the contexts and the callback dispatch.
 
+mod abi;
 mod engine;
 mod shared;
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Config;
 use crate::gate::RequestHead;
+use crate::header_map::HeaderMap;
 use crate::metrics;
 use crate::reply::{Outcome, Reply};
 use engine::{Phase, RequestState, Verdict};
@@ -38,8 +40,8 @@ struct Metrics {
     in_flight: u32,
 }
 
-fn define(kind: MetricType, name: &str) -> Result<u32, String> {
-    hostcalls::define_metric(kind, name)
+fn define(kind: u32, name: &str) -> Result<u32, String> {
+    abi::define_metric(kind, name)
         .map_err(|status| format!("cannot define metric {name}: {status:?}"))
 }
 
@@ -47,17 +49,17 @@ impl Metrics {
     fn define() -> Result<Metrics, String> {
         let mut outcomes = [0; metrics::ALL_OUTCOMES.len()];
         for (slot, outcome) in outcomes.iter_mut().zip(metrics::ALL_OUTCOMES) {
-            *slot = define(MetricType::Counter, metrics::counter_name(outcome))?;
+            *slot = define(abi::COUNTER, metrics::counter_name(outcome))?;
         }
         Ok(Metrics {
             outcomes,
-            callout_duration: define(MetricType::Histogram, metrics::CALLOUT_DURATION)?,
-            cache_hits: define(MetricType::Counter, metrics::CACHE_HITS)?,
-            cache_misses: define(MetricType::Counter, metrics::CACHE_MISSES)?,
-            coalesced: define(MetricType::Counter, metrics::COALESCED_WAITS)?,
-            evictions: define(MetricType::Counter, metrics::CACHE_EVICTIONS)?,
-            cap_rejections: define(MetricType::Counter, metrics::CAP_REJECTIONS)?,
-            in_flight: define(MetricType::Gauge, metrics::CALLOUTS_IN_FLIGHT)?,
+            callout_duration: define(abi::HISTOGRAM, metrics::CALLOUT_DURATION)?,
+            cache_hits: define(abi::COUNTER, metrics::CACHE_HITS)?,
+            cache_misses: define(abi::COUNTER, metrics::CACHE_MISSES)?,
+            coalesced: define(abi::COUNTER, metrics::COALESCED_WAITS)?,
+            evictions: define(abi::COUNTER, metrics::CACHE_EVICTIONS)?,
+            cap_rejections: define(abi::COUNTER, metrics::CAP_REJECTIONS)?,
+            in_flight: define(abi::GAUGE, metrics::CALLOUTS_IN_FLIGHT)?,
         })
     }
 
@@ -65,12 +67,12 @@ impl Metrics {
     fn count(&self, outcome: Outcome) {
         let index = metrics::ALL_OUTCOMES.iter().position(|o| *o == outcome);
         if let Some(id) = index.and_then(|i| self.outcomes.get(i)) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = abi::increment_metric(*id, 1);
         }
     }
 
     fn count_cache(&self, hit: bool) {
-        let _ = hostcalls::increment_metric(
+        let _ = abi::increment_metric(
             if hit {
                 self.cache_hits
             } else {
@@ -81,23 +83,23 @@ impl Metrics {
     }
 
     fn count_coalesced(&self) {
-        let _ = hostcalls::increment_metric(self.coalesced, 1);
+        let _ = abi::increment_metric(self.coalesced, 1);
     }
 
     fn count_eviction(&self) {
-        let _ = hostcalls::increment_metric(self.evictions, 1);
+        let _ = abi::increment_metric(self.evictions, 1);
     }
 
     fn count_cap_rejection(&self) {
-        let _ = hostcalls::increment_metric(self.cap_rejections, 1);
+        let _ = abi::increment_metric(self.cap_rejections, 1);
     }
 
     fn callouts_in_flight(&self, delta: i64) {
-        let _ = hostcalls::increment_metric(self.in_flight, delta);
+        let _ = abi::increment_metric(self.in_flight, delta);
     }
 
     fn record_callout_ms(&self, millis: u64) {
-        let _ = hostcalls::record_metric(self.callout_duration, millis);
+        let _ = abi::record_metric(self.callout_duration, millis);
     }
 }
 
@@ -123,14 +125,14 @@ impl Context for Plugin {
         _trailers: usize,
     ) {
         engine::on_callout_answer(token, body_size);
-        let _ = hostcalls::set_effective_context(self.id);
+        let _ = abi::set_effective_context(self.id);
     }
 }
 
 impl RootContext for Plugin {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(raw) => raw.unwrap_or_default(),
+        let raw = match abi::buffer(abi::PLUGIN_CONFIGURATION, usize::MAX) {
+            Ok(raw) => raw,
             Err(status) => {
                 log::error!("metrics-gate: cannot read the plugin configuration: {status:?}");
                 return false;
@@ -157,10 +159,10 @@ impl RootContext for Plugin {
     }
 
     fn on_tick(&mut self) {
-        let still_waiting = engine::poll_waiters();
-        let _ = hostcalls::set_effective_context(self.id);
+        let still_waiting = engine::on_tick();
+        let _ = abi::set_effective_context(self.id);
         if !still_waiting {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+            let _ = abi::set_tick_period(Duration::ZERO);
         }
     }
 
@@ -169,17 +171,19 @@ impl RootContext for Plugin {
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a valid configuration Envoy never creates streams for this plugin; if it did,
-        // returning None makes it fail the stream rather than skip the filter.
-        let shared = Rc::clone(self.shared.as_ref()?);
-        Some(Box::new(Request { id, shared }))
+        // Never `None`: the SDK panics on it (a trap for the whole worker). Envoy creates no
+        // streams for a configuration it refused; if it ever did, the request is refused below.
+        Some(Box::new(Request {
+            id,
+            shared: self.shared.clone(),
+        }))
     }
 }
 
 /// A request's handle; its state lives in `engine` so other contexts can move it on.
 struct Request {
     id: u32,
-    shared: Rc<Shared>,
+    shared: Option<Rc<Shared>>,
 }
 
 impl Context for Request {
@@ -201,12 +205,16 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
-        let mut state = RequestState::new(Rc::clone(&self.shared), engine::now_ms());
-        let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
-            Ok(headers) => headers,
+        let Some(shared) = self.shared.clone() else {
+            engine::refuse_unconfigured();
+            return Action::Pause;
+        };
+        let now = abi::now_ms();
+        let mut state = RequestState::new(Rc::clone(&shared), now);
+        let raw = match abi::header_map(abi::REQUEST_HEADERS) {
+            Ok(raw) => raw,
             Err(status) => {
-                let mut reply =
-                    Reply::apiserver_unavailable(self.shared.config.retry_after_seconds);
+                let mut reply = Reply::apiserver_unavailable(shared.config.retry_after_seconds);
                 reply.log_detail = Some(format!("cannot read request headers: {status:?}"));
                 return verdict(engine::advance(
                     self.id,
@@ -216,23 +224,21 @@ impl HttpContext for Request {
                 ));
             }
         };
+        let map = HeaderMap::parse(&raw);
+        let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
         #[cfg(feature = "fault-injection")]
         if headers
             .iter()
-            .any(|(name, value)| name == "x-metrics-gate-fault" && value == "trap")
+            .any(|(name, value)| *name == b"x-metrics-gate-fault" && *value == b"trap")
         {
             // Test builds only: crash the VM mid-request, as a bug would.
             core::arch::wasm32::unreachable();
         }
-        let find = |wanted: &str| {
-            headers
-                .iter()
-                .find(|(name, _)| name == wanted)
-                .map_or("", |(_, v)| v.as_str())
-        };
+        // A pseudo-header that is not UTF-8 matches no allowed path or method: 404 / 405.
+        let text = |name: &str| map.get(name).and_then(|v| std::str::from_utf8(v).ok());
         // Only looked up when trusted: one host call less on every other request.
-        let peer_subject = if self.shared.config.client_certificates {
-            hostcalls::get_property(vec!["connection", "subject_peer_certificate"])
+        let peer_subject = if shared.config.client_certificates {
+            abi::property(&["connection", "subject_peer_certificate"])
                 .ok()
                 .flatten()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -241,12 +247,12 @@ impl HttpContext for Request {
             None
         };
         let head = RequestHead {
-            method: find(":method"),
-            path: find(":path"),
+            method: text(":method").unwrap_or(""),
+            path: text(":path").unwrap_or(""),
             headers: &headers,
             peer_subject: peer_subject.as_deref(),
         };
-        let step = state.gate.on_request(&self.shared.config, &head);
+        let step = state.gate.on_request(&shared.config, &head);
         verdict(engine::advance(self.id, state, step, Phase::Headers))
     }
 }

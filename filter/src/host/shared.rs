@@ -3,8 +3,7 @@
 //! Every worker's VM sees the same map, so one answer serves the whole node and the apiserver sees
 //! the same traffic whatever `--concurrency` is and however many listeners share the node.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
+use super::abi::{self, HostError};
 
 use crate::cache::{self, Digest, Lookup, Record, Table};
 
@@ -12,13 +11,13 @@ use crate::cache::{self, Digest, Lookup, Record, Table};
 pub struct Slot {
     key: String,
     record: Option<Record>,
-    cas: Option<u32>,
+    cas: u32,
 }
 
 impl Slot {
     pub fn read(table: Table, digest: &Digest, max_entries: u32) -> Slot {
         let key = cache::slot_key(table, digest, max_entries);
-        let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+        let (bytes, cas) = abi::shared_data(&key).unwrap_or((None, 0));
         let record = bytes.as_deref().and_then(Record::decode);
         Slot { key, record, cas }
     }
@@ -28,14 +27,14 @@ impl Slot {
     }
 
     /// Writes `record` only if nobody changed the slot since it was read.
-    pub fn replace(&self, record: &Record) -> Result<(), Status> {
-        hostcalls::set_shared_data(&self.key, Some(&record.encode()), self.cas)
+    pub fn replace(&self, record: &Record) -> Result<(), HostError> {
+        abi::set_shared_data(&self.key, &record.encode(), self.cas)
     }
 
     /// Writes `record` whatever the slot holds (answers are final; a lost race costs nothing).
     pub fn overwrite(table: Table, digest: &Digest, max_entries: u32, record: &Record) {
         let key = cache::slot_key(table, digest, max_entries);
-        let _ = hostcalls::set_shared_data(&key, Some(&record.encode()), None);
+        let _ = abi::set_shared_data(&key, &record.encode(), 0);
     }
 }
 
@@ -60,7 +59,7 @@ pub fn acquire_callout(
     for offset in 0..cap {
         let index = start.wrapping_add(offset) % cap;
         let key = lease_key(index);
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(&key) else {
+        let Ok((bytes, cas)) = abi::shared_data(&key) else {
             continue;
         };
         let held_until = bytes
@@ -71,7 +70,7 @@ pub fn acquire_callout(
         if held_until > now_ms {
             continue;
         }
-        if hostcalls::set_shared_data(&key, Some(&lease_until_ms.to_be_bytes()), cas).is_ok() {
+        if abi::set_shared_data(&key, &lease_until_ms.to_be_bytes(), cas).is_ok() {
             return Some(CalloutLease {
                 index,
                 until_ms: lease_until_ms,
@@ -84,9 +83,9 @@ pub fn acquire_callout(
 /// Frees the slot, unless it expired and someone else holds it by now.
 pub fn release_callout(lease: CalloutLease) {
     let key = lease_key(lease.index);
-    if let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&key) {
+    if let Ok((Some(bytes), cas)) = abi::shared_data(&key) {
         if bytes.as_slice() == lease.until_ms.to_be_bytes() {
-            let _ = hostcalls::set_shared_data(&key, None, cas);
+            let _ = abi::set_shared_data(&key, &[], cas);
         }
     }
 }
