@@ -20,7 +20,7 @@ pub use model::{
     Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
 };
 pub use render::{
-    bootstrap, render, render_yaml, sds_client_ca, sds_resource, sds_serving_certificate,
+    bootstrap, paused_request_bound_ms, render, render_yaml, sds_client_ca, sds_resource, sds_serving_certificate,
 };
 
 /// The cluster the filter must name in `dispatch_http_call` for its apiserver callouts.

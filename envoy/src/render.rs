@@ -72,6 +72,14 @@ pub fn paused_request_bound_ms(apiserver_timeout_ms: u32) -> u32 {
         .saturating_mul(2)
         .saturating_add(2_000)
 }
+/// The apiserver timeout the filter on `c`'s listener works with: its plugin configuration's
+/// `apiserver.timeout_ms`, or the filter's default (5 s).
+fn filter_apiserver_timeout_ms(c: &Component) -> u32 {
+    c.plugin_config
+        .pointer("/apiserver/timeout_ms")
+        .and_then(Value::as_u64)
+        .map_or(5_000, |ms| u32::try_from(ms).unwrap_or(u32::MAX))
+}
 /// TCP connect timeout of every cluster: all upstreams are on loopback or in-cluster.
 const CONNECT_TIMEOUT_MS: u32 = 1_000;
 /// The only apiserver calls the proxy's token may be used for.
@@ -402,7 +410,7 @@ fn component_listener(stack: &Stack, c: &Component) -> Listener {
         // A request the filter holds (reviews under way) ends within this even if the filter
         // never answers it (a crashed VM): longer than the filter's own bound, two reviews each
         // within the apiserver timeout plus a margin, so normally the filter's 503 comes first.
-        request_timeout: Some(duration(paused_request_bound_ms(stack.apiserver.timeout_ms))),
+        request_timeout: Some(duration(paused_request_bound_ms(filter_apiserver_timeout_ms(c)))),
         common_http_protocol_options: Some(HttpProtocolOptions {
             // `x_remote_user` is `x-remote-user` to many servers: such names never go upstream.
             headers_with_underscores_action:

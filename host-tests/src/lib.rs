@@ -4,6 +4,7 @@
 //! reference data (kube-apiserver 1.28 reviews, component /metrics answers), because the filter's
 //! parsers and error handling are only as good as the doubles they were tested against.
 
+pub mod adversarial;
 pub mod apiserver;
 pub mod client;
 pub mod clock;

@@ -37,25 +37,47 @@ pub fn request(
     target: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Response> {
+    let byte_headers: Vec<(&str, &[u8])> =
+        headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    request_bytes(addr, method, target, &byte_headers)
+}
+
+/// Like [`request`], with header values as raw bytes (not necessarily UTF-8: HTTP allows obs-text).
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &[u8])],
+) -> anyhow::Result<Response> {
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n").into_bytes();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    exchange(addr, &head, method == "HEAD")
+        .with_context(|| format!("{method} {target}"))
+}
+
+/// Writes `raw` on a new connection and reads one answer (`head_only`: the answer to a HEAD).
+pub fn exchange(addr: SocketAddr, raw_request: &[u8], head_only: bool) -> anyhow::Result<Response> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
+    stream.write_all(raw_request)?;
     // Read only as far as the answer goes: waiting for EOF would add Envoy's delayed-close
     // timeout (1 s) to every locally answered request.
     let mut raw = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     loop {
-        if let Some(response) = complete(&raw, method == "HEAD")? {
+        if let Some(response) = complete(&raw, head_only)? {
             return Ok(response);
         }
-        let n = stream.read(&mut buf).with_context(|| format!("reading the answer to {method} {target}"))?;
+        let n = stream.read(&mut buf).context("reading the answer")?;
         if n == 0 {
-            return parse(&raw, method == "HEAD");
+            return parse(&raw, head_only);
         }
         raw.extend_from_slice(&buf[..n]);
     }

@@ -79,6 +79,8 @@ pub struct StackOptions {
     pub presets: Vec<Preset>,
     /// The filter's configuration on every listener; `apiserver.timeout_ms` etc. may be set here.
     pub plugin_config: Value,
+    /// Replaces `plugin_config` on the listed components' listeners.
+    pub listener_plugin_config: Vec<(Preset, Value)>,
     /// Use the components' real ports (10249, 10257, 10259, 2381) on both addresses, as on a node.
     /// Otherwise every port is ephemeral, so tests run side by side.
     pub node_ports: bool,
@@ -102,6 +104,7 @@ impl Default for StackOptions {
         StackOptions {
             presets: Preset::ALL.to_vec(),
             plugin_config: json!({}),
+            listener_plugin_config: Vec::new(),
             node_ports: false,
             wasm: WasmBuild::Release,
             envoy: EnvoyOptions::default(),
@@ -185,7 +188,12 @@ impl LocalStack {
             let fake =
                 FakeComponent::start(kind, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), options)
                     .with_context(|| format!("starting the fake {}", preset.name()))?;
-            let mut component = Component::preset(*preset, opts.plugin_config.clone());
+            let plugin_config = opts
+                .listener_plugin_config
+                .iter()
+                .find(|(p, _)| p == preset)
+                .map_or_else(|| opts.plugin_config.clone(), |(_, c)| c.clone());
+            let mut component = Component::preset(*preset, plugin_config);
             component.upstream = fake.addr();
             component.listen_port = port;
             component.listener_tls = opts.listener_tls.clone();

@@ -152,8 +152,14 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                     state.waiting_since_ms = None;
                     return Asked::Answer(Ok(answer));
                 }
-                // Too old for this listener, or unreadable (another version of the filter?).
-                _ => Lookup::Miss { evicts: false },
+                // Too old for this listener but live for the one that wrote it: ask without
+                // claiming the slot, so that answer stays (see `on_callout_answer`).
+                Some(_) => {
+                    shared.metrics.count_cache(false);
+                    return dispatch(id, state, callout, now);
+                }
+                // Unreadable (written by another version of the filter?): ask again.
+                None => Lookup::Miss { evicts: false },
             },
             other => other,
         };
@@ -297,33 +303,38 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
     };
     let config = &state.shared.config;
     let answer = Answer::read(callout.table, config, status, &body);
-    state.owns_slot = false;
+    // A request that claimed the slot must leave an answer or a failure in it for its waiters; one
+    // that asked without claiming it (the slot holds another listener's live answer) writes only
+    // an answer it may cache itself.
+    let claimed = std::mem::take(&mut state.owns_slot);
     let record = match &answer {
         Ok(a) => match callout.cache_until(config, a, state.now_ms) {
-            Some(expires_ms) => Record::Ready {
+            Some(expires_ms) => Some(Record::Ready {
                 digest: callout.key,
                 stored_ms: now,
                 expires_ms,
                 value: a.encode(),
-            },
+            }),
             // Not cacheable: release the waiters with a fresh "ask again" — a Failed record older
             // than nobody, so they ask themselves.
-            None => Record::Failed {
+            None => claimed.then_some(Record::Failed {
                 digest: callout.key,
                 at_ms: 0,
-            },
+            }),
         },
-        Err(_) => Record::Failed {
+        Err(_) => claimed.then_some(Record::Failed {
             digest: callout.key,
             at_ms: now,
-        },
+        }),
     };
-    Slot::overwrite(
-        callout.table,
-        &callout.key,
-        config.cache.max_entries,
-        &record,
-    );
+    if let Some(record) = record {
+        Slot::overwrite(
+            callout.table,
+            &callout.key,
+            config.cache.max_entries,
+            &record,
+        );
+    }
     let step = state.gate.on_answer(config, answer);
     let _ = advance(id, state, step, Phase::Later);
 }
