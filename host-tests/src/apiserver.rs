@@ -46,6 +46,9 @@ pub enum Fault {
     Malformed,
     /// 201 with JSON that is not a review (`{"kind":"Status"}`).
     WrongShape,
+    /// 201 with bytes that are not UTF-8 (NULs, lone continuation bytes, a truncated sequence),
+    /// as content type and as a header value too.
+    BinaryGarbage,
     /// 403 Status: the proxy's own account may not create reviews (RBAC missing).
     ForbiddenToProxy,
 }
@@ -470,6 +473,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
             Value::Null,
         ),
         Fault::ForbiddenToProxy => (forbidden(&ctx), Value::Null),
+        Fault::BinaryGarbage => {
+            let mut resp = respond(201, "application/json", &b"{\"status\":\xff\x00\xc3\x28{\xf0\x9f\x98"[..]);
+            if let Ok(value) = hyper::header::HeaderValue::from_bytes(b"caf\xE9") {
+                resp.headers_mut().insert("x-garbage", value);
+            }
+            (resp, Value::Null)
+        }
         _ => review(&st, &ctx, method_ok, content_type.as_deref(), &body),
     };
     let spec = if spec.is_null() {

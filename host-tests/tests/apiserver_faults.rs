@@ -26,6 +26,7 @@ fn every_apiserver_fault_is_503_and_the_gate_recovers() {
         Fault::ServerError,
         Fault::Malformed,
         Fault::WrongShape,
+        Fault::BinaryGarbage,
         Fault::ForbiddenToProxy,
     ];
     for (i, fault) in faults.iter().enumerate() {
@@ -45,6 +46,7 @@ fn every_apiserver_fault_is_503_and_the_gate_recovers() {
     }
     let log = stack.envoy.log();
     assert!(log.contains("metrics-gate: answering 503"), "the cause is not logged");
+    assert_eq!(stack.counter("wasm.metrics-gate.vm_reload_success"), 0, "a fault crashed the VM");
     assert!(!log.contains(&token), "a token reached Envoy's log");
 }
 
