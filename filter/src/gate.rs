@@ -149,17 +149,21 @@ impl Gate {
         if !config.allowed_paths.iter().any(|allowed| allowed == path) {
             return self.finish(Reply::not_found());
         }
-        let verb = match head.method {
-            "GET" | "HEAD" => "get",
+        let head_request = match head.method {
+            "GET" => false,
+            "HEAD" => true,
             _ => return self.finish(Reply::method_not_allowed()),
         };
+        // The verbs kube-apiserver's own request info gives, and so what kube-scheduler and
+        // kube-controller-manager ask for their callers: a non-resource request's verb is its
+        // method in lower case (HEAD is `head`), a resource request's HEAD is `get`.
         let attributes = match &config.resource_attributes {
             None => Attributes::NonResource {
                 path: path.to_owned(),
-                verb,
+                verb: if head_request { "head" } else { "get" },
             },
             Some(attrs) => Attributes::Resource {
-                verb,
+                verb: "get",
                 attrs: attrs.clone(),
             },
         };

@@ -4,6 +4,7 @@
 //! The caller must authenticate with its own ServiceAccount token and be allowed by RBAC (the
 //! manifests' YAML) to create the review, just as Envoy's credential injector makes the real proxy do.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use crate::http_server::{respond, Handler, HttpServer, Resp};
 use crate::k8s_status::{encode, wants_pretty, Status};
 use crate::rbac::{default_rbac_files, Attributes, Rbac};
 use crate::tls::TestCa;
+use crate::components::Verdict;
 use crate::tokens::{token_digest, TokenIssuer, VerifiedUser};
 
 pub const TOKENREVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -102,6 +104,8 @@ struct State {
     rbac: Rbac,
     fault: Mutex<Fault>,
     calls: Mutex<Vec<RecordedCall>>,
+    /// Reviews the fake kube-scheduler / kube-controller-manager asked (see `DelegatedAuth`).
+    delegated_calls: Mutex<Vec<RecordedCall>>,
 }
 
 pub struct MockApiserver {
@@ -133,6 +137,7 @@ impl MockApiserver {
             rbac,
             fault: Mutex::new(Fault::None),
             calls: Mutex::new(Vec::new()),
+            delegated_calls: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         let handler: Handler = Arc::new(move |req| {
@@ -719,3 +724,127 @@ fn recorded_spec(kind: CallKind, body: &Bytes) -> Value {
 
 #[cfg(test)]
 mod tests;
+
+/// How long kube-scheduler and kube-controller-manager remember a delegated answer (their flag
+/// defaults: `--authentication-token-webhook-cache-ttl` and both `--authorization-webhook-cache-*`
+/// are 10 s).
+pub const COMPONENT_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// The apiserver kube-scheduler and kube-controller-manager delegate to: what they do with a request
+/// on their secure port, as observed on v1.28 (shared/reference component-behaviour):
+/// `--authorization-always-allow-paths` admit a request without credentials even while the
+/// apiserver is down; a bearer token is always reviewed (TokenReview, then a SubjectAccessReview
+/// with verb = the lower-case method), each answer remembered 10 s; while the apiserver is
+/// unreachable any token is 401 and an anonymous request to another path is 500.
+#[derive(Clone)]
+pub struct DelegatedAuth {
+    state: Arc<State>,
+    /// Which component asks (recorded as the caller of its reviews).
+    component: String,
+    always_allow_paths: Vec<String>,
+    cache: Arc<Mutex<HashMap<(String, String, String), (std::time::Instant, Verdict)>>>,
+}
+
+impl MockApiserver {
+    /// Reviews the components themselves asked (kube-scheduler / kube-controller-manager checking
+    /// the credential they were shown); `calls` holds only the gate's.
+    pub fn delegated_calls(&self) -> Vec<RecordedCall> {
+        self.state.delegated_calls.lock().unwrap().clone()
+    }
+
+    pub fn delegated_count(&self, kind: CallKind) -> usize {
+        self.delegated_calls().iter().filter(|c| c.kind == kind).count()
+    }
+
+    /// The delegated authentication and authorization of `component` (e.g. `system:kube-scheduler`),
+    /// with its `--authorization-always-allow-paths` (the real default: `/healthz,/readyz,/livez`).
+    pub fn delegated_auth(&self, component: &str, always_allow_paths: &[&str]) -> DelegatedAuth {
+        DelegatedAuth {
+            state: self.state.clone(),
+            component: component.to_owned(),
+            always_allow_paths: always_allow_paths.iter().map(|p| p.to_string()).collect(),
+            cache: Arc::default(),
+        }
+    }
+}
+
+impl DelegatedAuth {
+    fn unreachable(&self) -> bool {
+        matches!(
+            *self.state.fault.lock().unwrap(),
+            Fault::Down | Fault::ServerError | Fault::Malformed | Fault::WrongShape | Fault::BinaryGarbage
+        )
+    }
+
+    fn record(&self, kind: CallKind, spec: Value, status: u16) {
+        let path = match kind {
+            CallKind::TokenReview => TOKENREVIEWS_PATH,
+            _ => SUBJECTACCESSREVIEWS_PATH,
+        };
+        self.state.delegated_calls.lock().unwrap().push(RecordedCall {
+            kind,
+            method: "POST".into(),
+            path: path.into(),
+            caller: Some(self.component.clone()),
+            spec,
+            status,
+            user_agent: Some(format!("{}/v1.28.7", self.component.trim_start_matches("system:"))),
+        });
+    }
+
+    /// The component's answer to `method path` with this bearer token (None: no credentials).
+    pub fn check(&self, token: Option<&str>, method: &str, path: &str) -> Verdict {
+        let verb = method.to_ascii_lowercase();
+        let Some(token) = token else {
+            if self.always_allow_paths.iter().any(|p| p == path) {
+                return Verdict::Allow;
+            }
+            if self.unreachable() {
+                return Verdict::InternalError;
+            }
+            return self.authorize("system:anonymous", &["system:unauthenticated".into()], &verb, path);
+        };
+        let key = (token_digest(token), verb.clone(), path.to_owned());
+        if let Some((at, verdict)) = self.cache.lock().unwrap().get(&key) {
+            if at.elapsed() < COMPONENT_CACHE_TTL {
+                return verdict.clone();
+            }
+        }
+        if self.unreachable() {
+            // "tokenreviews ... connection refused": the request is Unauthorized.
+            return Verdict::Unauthenticated;
+        }
+        let verdict = match self.state.issuer.verify(token, &[]) {
+            Err(_) => {
+                self.record(CallKind::TokenReview, json!({"token": token_digest(token)}), 201);
+                Verdict::Unauthenticated
+            }
+            Ok(user) => {
+                self.record(CallKind::TokenReview, json!({"token": token_digest(token)}), 201);
+                // Always-allowed paths skip authorization, not authentication.
+                if self.always_allow_paths.iter().any(|p| p == path) {
+                    Verdict::Allow
+                } else {
+                    self.authorize(&user.username, &user.groups, &verb, path)
+                }
+            }
+        };
+        self.cache.lock().unwrap().insert(key, (std::time::Instant::now(), verdict.clone()));
+        verdict
+    }
+
+    fn authorize(&self, user: &str, groups: &[String], verb: &str, path: &str) -> Verdict {
+        let attrs = Attributes::NonResource { path: path.into(), verb: verb.into() };
+        let decision = self.state.rbac.authorize(user, groups, &attrs);
+        self.record(
+            CallKind::SubjectAccessReview,
+            json!({"user": user, "groups": groups, "nonResourceAttributes": {"path": path, "verb": verb}}),
+            201,
+        );
+        if decision.allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Forbidden(user.to_owned())
+        }
+    }
+}

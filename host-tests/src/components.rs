@@ -83,16 +83,25 @@ pub enum Verdict {
     Unauthenticated,
     /// 403 naming this user.
     Forbidden(String),
+    /// 500: an anonymous request while the apiserver cannot be asked.
+    InternalError,
 }
 
-/// Decides on the bearer token (None = no `Authorization: Bearer`) of a /metrics request.
-pub type BearerVerifier = Arc<dyn Fn(Option<&str>) -> Verdict + Send + Sync>;
+/// Decides on the bearer token (None = no `Authorization: Bearer`) of a request, given its method
+/// and path.
+pub type BearerVerifier = Arc<dyn Fn(Option<&str>, &str, &str) -> Verdict + Send + Sync>;
+
+/// The real components' own check: delegated to the (mock) apiserver, see
+/// [`crate::apiserver::DelegatedAuth`].
+pub fn delegated(auth: crate::apiserver::DelegatedAuth) -> BearerVerifier {
+    Arc::new(move |token, method, path| auth.check(token, method, path))
+}
 
 /// Verifier accepting valid ServiceAccount tokens of `issuer` whose user is in `allowed_users`; other
 /// valid tokens are 403, invalid ones 401, no token 403 as `system:anonymous` (the real answers).
 pub fn allow_users(issuer: Arc<TokenIssuer>, allowed_users: &[&str]) -> BearerVerifier {
     let allowed: Vec<String> = allowed_users.iter().map(|s| s.to_string()).collect();
-    Arc::new(move |token| match token {
+    Arc::new(move |token, _method, _path| match token {
         None => Verdict::Forbidden("system:anonymous".into()),
         Some(t) => match issuer.verify(t, &[]) {
             Ok(u) if allowed.contains(&u.username) => Verdict::Allow,
@@ -289,18 +298,12 @@ fn handle(st: &State, req: Request<Incoming>) -> Resp {
 
 fn answer(st: &State, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path();
-    match path {
-        "/healthz" | "/livez" | "/readyz" => {
-            return respond(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok"))
-        }
-        "/metrics" => {}
-        _ => {
-            return respond(
-                404,
-                "text/plain; charset=utf-8",
-                Bytes::from_static(b"404 page not found\n"),
-            )
-        }
+    if !matches!(path, "/metrics" | "/healthz" | "/livez" | "/readyz") {
+        return respond(
+            404,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"404 page not found\n"),
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(
@@ -309,6 +312,9 @@ fn answer(st: &State, req: &Request<Incoming>) -> Resp {
             Bytes::from_static(b"Method Not Allowed\n"),
         );
     }
+    // Health endpoints are open (the components' default always-allow paths; plain components
+    // check nothing at all).
+    let health = path != "/metrics";
     if st.kind.is_secure() {
         let token = req
             .headers()
@@ -316,23 +322,31 @@ fn answer(st: &State, req: &Request<Incoming>) -> Resp {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let verdict = match &st.verifier {
-            Some(v) => v(token),
-            None => Verdict::Forbidden("system:anonymous".into()),
+        let verdict = match (&st.verifier, health && token.is_none()) {
+            (_, true) => Verdict::Allow,
+            (Some(v), false) => v(token, req.method().as_str(), path),
+            (None, false) => Verdict::Forbidden("system:anonymous".into()),
         };
         let pretty = wants_pretty(
             req.headers()
                 .get(hyper::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok()),
         );
+        let verb = req.method().as_str().to_ascii_lowercase();
         let status = match verdict {
             Verdict::Allow => None,
             Verdict::Unauthenticated => Some(Status::unauthorized()),
-            Verdict::Forbidden(user) => Some(Status::forbidden_path(&user, "get", path)),
+            Verdict::Forbidden(user) => Some(Status::forbidden_path(&user, &verb, path)),
+            Verdict::InternalError => Some(Status::internal_error(
+                "Internal Server Error: \"/metrics\": the server cannot review the request",
+            )),
         };
         if let Some(s) = status {
             return respond(s.code, "application/json", encode(&s, pretty));
         }
+    }
+    if health {
+        return respond(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok"));
     }
     respond(200, METRICS_CONTENT_TYPE, st.payload.clone())
 }

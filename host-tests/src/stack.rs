@@ -19,7 +19,7 @@ use metrics_gate_envoy::{
 use serde_json::{json, Value};
 
 use crate::apiserver::MockApiserver;
-use crate::components::{allow_users, ComponentKind, ComponentOptions, FakeComponent};
+use crate::components::{delegated, ComponentKind, ComponentOptions, FakeComponent};
 use crate::envoy_process::{EnvoyOptions, EnvoyProcess};
 use crate::raw_http::{self, Response};
 use crate::tls::{ClientCert, ServerCert, TestCa};
@@ -81,6 +81,11 @@ pub struct StackOptions {
     pub plugin_config: Value,
     /// Replaces `plugin_config` on the listed components' listeners.
     pub listener_plugin_config: Vec<(Preset, Value)>,
+    /// RBAC files the mock apiserver evaluates besides the shipped ones.
+    pub extra_rbac_files: Vec<PathBuf>,
+    /// `--authorization-always-allow-paths` of the fake kube-scheduler / kube-controller-manager
+    /// (default, as theirs: `/healthz`, `/readyz`, `/livez`).
+    pub component_always_allow_paths: Vec<(Preset, Vec<&'static str>)>,
     /// Use the components' real ports (10249, 10257, 10259, 2381) on both addresses, as on a node.
     /// Otherwise every port is ephemeral, so tests run side by side.
     pub node_ports: bool,
@@ -96,6 +101,9 @@ pub struct StackOptions {
     pub upstream_credentials: Vec<(Preset, UpstreamCredentials)>,
 }
 
+/// kube-scheduler's and kube-controller-manager's default `--authorization-always-allow-paths`.
+pub const DEFAULT_ALWAYS_ALLOW_PATHS: [&str; 3] = ["/healthz", "/readyz", "/livez"];
+
 /// The DNS name on the test stack's serving certificates (as the DaemonSet's Service would be).
 pub const SERVER_NAME: &str = "metrics-gate.metrics-gate.svc";
 
@@ -105,6 +113,8 @@ impl Default for StackOptions {
             presets: Preset::ALL.to_vec(),
             plugin_config: json!({}),
             listener_plugin_config: Vec::new(),
+            component_always_allow_paths: Vec::new(),
+            extra_rbac_files: Vec::new(),
             node_ports: false,
             wasm: WasmBuild::Release,
             envoy: EnvoyOptions::default(),
@@ -141,7 +151,13 @@ impl LocalStack {
 
     pub fn start_with(opts: StackOptions) -> anyhow::Result<LocalStack> {
         let wasm = opts.wasm.path()?;
-        let apiserver = MockApiserver::start().context("starting the mock kube-apiserver")?;
+        let mut rbac_files = crate::rbac::default_rbac_files();
+        rbac_files.extend(opts.extra_rbac_files.iter().cloned());
+        let apiserver = MockApiserver::start_with(crate::apiserver::MockApiserverOptions {
+            rbac_files,
+            ..Default::default()
+        })
+        .context("starting the mock kube-apiserver")?;
         let files = tempfile::tempdir()?;
         let ca_file = crate::tls::write_pem(files.path(), "apiserver-ca.crt", apiserver.ca_pem())?;
 
@@ -172,16 +188,24 @@ impl LocalStack {
             (CLIENT_CA_FILE, client_ca_sds.as_bytes()),
         ])?;
 
-        // Secure components accept only the proxy's own account, as a real kube-scheduler with an
-        // RBAC binding for it would; the caller's token never reaches them.
-        let proxy_user = ServiceAccount::metrics_gate().username();
+        // Secure components check every credential themselves, as the real ones do: a TokenReview
+        // and a SubjectAccessReview (verb = the lower-case method) against the mock apiserver and
+        // the shipped RBAC, remembered 10 s; 401 while the apiserver is unreachable.
         let mut components = Vec::new();
         let mut rendered = Vec::new();
         for preset in &opts.presets {
             let kind = kind_of(*preset);
             let port = if opts.node_ports { preset.port() } else { 0 };
             let options = if kind.is_secure() {
-                ComponentOptions::with_verifier(allow_users(apiserver.issuer(), &[&proxy_user]))
+                let always_allow = opts
+                    .component_always_allow_paths
+                    .iter()
+                    .find(|(p, _)| p == preset)
+                    .map_or(DEFAULT_ALWAYS_ALLOW_PATHS.to_vec(), |(_, paths)| paths.clone());
+                let identity = format!("system:{}", preset.name());
+                ComponentOptions::with_verifier(delegated(
+                    apiserver.delegated_auth(&identity, &always_allow),
+                ))
             } else {
                 ComponentOptions::default()
             };

@@ -15,7 +15,8 @@ use metrics_gate_envoy::{
     sds_resource, sds_serving_certificate, SDS_FILE, SERVING_CERT_FILE,
 };
 use metrics_gate_host_tests::apiserver::MockApiserver;
-use metrics_gate_host_tests::components::{allow_users, ComponentKind, ComponentOptions, FakeComponent};
+use metrics_gate_host_tests::components::{delegated, ComponentKind, ComponentOptions, FakeComponent};
+use metrics_gate_host_tests::stack::DEFAULT_ALWAYS_ALLOW_PATHS;
 use metrics_gate_host_tests::envoy_process::{EnvoyOptions, EnvoyProcess};
 use metrics_gate_host_tests::raw_http;
 use metrics_gate_host_tests::stack::{WasmBuild, NODE_IP, SERVER_NAME};
@@ -146,7 +147,9 @@ fn prometheus_scrapes_every_component_through_the_shipped_configuration() {
         .into_iter()
         .map(|kind| {
             let options = if kind.is_secure() {
-                ComponentOptions::with_verifier(allow_users(apiserver.issuer(), &[&proxy.username()]))
+                // Their own delegated check of the proxy's token, as the real ones do.
+                let identity = format!("system:{}", kind.name());
+                ComponentOptions::with_verifier(delegated(apiserver.delegated_auth(&identity, &DEFAULT_ALWAYS_ALLOW_PATHS)))
             } else {
                 ComponentOptions::default()
             };

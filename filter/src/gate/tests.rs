@@ -164,7 +164,8 @@ fn authenticated_user_is_checked_with_a_subject_access_review() {
     assert_eq!(body["spec"]["groups"][1], "system:authenticated");
     assert_eq!(
         body["spec"]["nonResourceAttributes"],
-        serde_json::json!({"path": "/metrics", "verb": "get"})
+        serde_json::json!({"path": "/metrics", "verb": "head"}),
+        "HEAD is verb head, as the components themselves ask"
     );
     assert!(!String::from_utf8(call.body(&c))
         .unwrap()
@@ -309,6 +310,11 @@ fn resource_attributes_replace_the_path_check() {
     assert_eq!(body["spec"]["resourceAttributes"]["resource"], "pods");
     assert_eq!(body["spec"]["resourceAttributes"]["verb"], "get");
     assert!(body["spec"].get("nonResourceAttributes").is_none());
+    // A resource request's HEAD is a `get`, as kube-apiserver reads it.
+    let (mut head, _) = start(&c, "HEAD", "/metrics", &[BEARER]);
+    let call = callout(head.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    let body: serde_json::Value = serde_json::from_slice(&call.body(&c)).unwrap();
+    assert_eq!(body["spec"]["resourceAttributes"]["verb"], "get");
     let r = reply(gate.on_review_answer(&c, Some(201), SAR_DENIED));
     assert!(
         r.body.contains(r#"get resource "pods/metrics""#),
