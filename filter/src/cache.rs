@@ -71,10 +71,20 @@ pub enum Record {
         expires_ms: u64,
         value: Vec<u8>,
     },
-    /// Someone is asking the apiserver; they own the question until `lease_until_ms`.
-    Pending { digest: Digest, lease_until_ms: u64 },
-    /// The last call for this question failed at `at_ms`.
-    Failed { digest: Digest, at_ms: u64 },
+    /// Someone is asking the apiserver; they own the question until `lease_until_ms`. `kept`: the
+    /// expired answer the slot held before (an encoded `Ready`, or empty), kept so it can stand in
+    /// while the apiserver cannot be asked (`cache.stale_allow_seconds`).
+    Pending {
+        digest: Digest,
+        lease_until_ms: u64,
+        kept: Vec<u8>,
+    },
+    /// The last call for this question failed at `at_ms`; `kept` as for `Pending`.
+    Failed {
+        digest: Digest,
+        at_ms: u64,
+        kept: Vec<u8>,
+    },
 }
 
 const READY: u8 = 1;
@@ -101,8 +111,13 @@ impl Record {
             Record::Pending {
                 digest,
                 lease_until_ms,
-            } => (PENDING, digest, *lease_until_ms, &[]),
-            Record::Failed { digest, at_ms } => (FAILED, digest, *at_ms, &[]),
+                kept,
+            } => (PENDING, digest, *lease_until_ms, kept),
+            Record::Failed {
+                digest,
+                at_ms,
+                kept,
+            } => (FAILED, digest, *at_ms, kept),
         };
         let mut out = Vec::with_capacity(41 + value.len());
         out.push(tag);
@@ -129,15 +144,31 @@ impl Record {
                     value: value.to_vec(),
                 })
             }
-            PENDING if value.is_empty() => Some(Record::Pending {
+            PENDING => Some(Record::Pending {
                 digest,
                 lease_until_ms: time,
+                kept: value.to_vec(),
             }),
-            FAILED if value.is_empty() => Some(Record::Failed {
+            FAILED => Some(Record::Failed {
                 digest,
                 at_ms: time,
+                kept: value.to_vec(),
             }),
             _ => None,
+        }
+    }
+
+    /// The last answer to `digest` this slot holds, live or expired, encoded (for `kept`); empty
+    /// if none.
+    pub fn kept_for(&self, digest: &Digest) -> Vec<u8> {
+        match self {
+            Record::Ready { digest: d, .. } if d == digest => self.encode(),
+            Record::Pending { digest: d, kept, .. } | Record::Failed { digest: d, kept, .. }
+                if d == digest =>
+            {
+                kept.clone()
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -201,6 +232,31 @@ pub fn lookup(
     }
 }
 
+/// An answer to `digest` that expired less than `stale_ms` ago (and until when it may stand in),
+/// for serving while the apiserver cannot be asked; `None` if there is none or `stale_ms` is 0.
+pub fn stale_answer(
+    record: Option<&Record>,
+    digest: &Digest,
+    now_ms: u64,
+    stale_ms: u64,
+) -> Option<(Vec<u8>, u64)> {
+    if stale_ms == 0 {
+        return None;
+    }
+    match Record::decode(&record?.kept_for(digest))? {
+        Record::Ready {
+            digest: d,
+            expires_ms,
+            value,
+            ..
+        } if &d == digest => {
+            let until = expires_ms.saturating_add(stale_ms);
+            (until > now_ms).then_some((value, until))
+        }
+        _ => None,
+    }
+}
+
 /// Whether an answer stored at `stored_ms` is still fresh at `now_ms` for a reader whose TTL for
 /// it is `ttl_seconds` (0: never — that reader does not cache).
 pub fn fresh_for_reader(stored_ms: u64, ttl_seconds: u32, now_ms: u64) -> bool {
@@ -248,10 +304,12 @@ mod tests {
             Record::Pending {
                 digest: D,
                 lease_until_ms: 6,
+                kept: vec![],
             },
             Record::Failed {
                 digest: D,
                 at_ms: 7,
+                kept: vec![],
             },
         ] {
             assert_eq!(Record::decode(&record.encode()), Some(record));
@@ -272,6 +330,50 @@ mod tests {
         let slot: u32 = key.trim_start_matches("metrics-gate/tr/").parse().unwrap();
         assert!(slot < 8192);
         assert_ne!(access_review_key(b"{}"), access_review_key(b"{ }"));
+    }
+
+    #[test]
+    fn a_stale_answer_stands_in_only_within_its_window() {
+        let ready = Record::Ready {
+            digest: D,
+            stored_ms: 0,
+            expires_ms: 100,
+            value: b"v".to_vec(),
+        };
+        assert_eq!(
+            stale_answer(Some(&ready), &D, 150, 100),
+            Some((b"v".to_vec(), 200))
+        );
+        assert_eq!(stale_answer(Some(&ready), &D, 200, 100), None);
+        assert_eq!(stale_answer(Some(&ready), &D, 150, 0), None, "off");
+        assert_eq!(stale_answer(Some(&ready), &OTHER, 150, 100), None);
+        let pending = Record::Pending {
+            digest: D,
+            lease_until_ms: 500,
+            kept: vec![],
+        };
+        assert_eq!(stale_answer(Some(&pending), &D, 150, 100), None);
+        // Someone is asking again, or failed to: the answer they found is kept for standing in.
+        let asking = Record::Pending {
+            digest: D,
+            lease_until_ms: 500,
+            kept: ready.kept_for(&D),
+        };
+        assert_eq!(
+            stale_answer(Some(&asking), &D, 150, 100),
+            Some((b"v".to_vec(), 200))
+        );
+        let failed = Record::Failed {
+            digest: D,
+            at_ms: 150,
+            kept: asking.kept_for(&D),
+        };
+        assert_eq!(Record::decode(&failed.encode()), Some(failed.clone()));
+        assert_eq!(
+            stale_answer(Some(&failed), &D, 150, 100),
+            Some((b"v".to_vec(), 200))
+        );
+        assert_eq!(stale_answer(Some(&failed), &OTHER, 150, 100), None);
     }
 
     #[test]
@@ -306,6 +408,7 @@ mod tests {
         let pending = Record::Pending {
             digest: D,
             lease_until_ms: 20,
+            kept: vec![],
         };
         assert_eq!(lookup(Some(&pending), &D, 10, Some(5)), Lookup::Wait);
         assert_eq!(
@@ -320,6 +423,7 @@ mod tests {
         let failed = Record::Failed {
             digest: D,
             at_ms: 10,
+            kept: vec![],
         };
         assert_eq!(lookup(Some(&failed), &D, 11, Some(8)), Lookup::Failed);
         assert_eq!(

@@ -52,6 +52,9 @@ pub struct CacheConfig {
     pub deny_ttl_seconds: u32,
     /// Slots per table; one slot holds one answer (at most ~4 KiB).
     pub max_entries: u32,
+    /// Opt-in: while the apiserver cannot be asked, an *allow* answer (authenticated token, allowed
+    /// access) keeps serving this long past its TTL — never past the token's `exp`, never a deny.
+    pub stale_allow_seconds: u32,
 }
 
 impl Default for CacheConfig {
@@ -61,6 +64,7 @@ impl Default for CacheConfig {
             allow_ttl_seconds: 300,
             deny_ttl_seconds: 30,
             max_entries: 8192,
+            stale_allow_seconds: 0,
         }
     }
 }
@@ -247,6 +251,7 @@ impl RawConfig {
                 "allow_ttl_seconds",
                 "deny_ttl_seconds",
                 "max_entries",
+                "stale_allow_seconds",
             ],
         )?;
         let defaults = CacheConfig::default();
@@ -277,6 +282,11 @@ impl RawConfig {
                 allow_ttl_seconds: small(&cache, "allow_ttl_seconds", defaults.allow_ttl_seconds)?,
                 deny_ttl_seconds: small(&cache, "deny_ttl_seconds", defaults.deny_ttl_seconds)?,
                 max_entries: small(&cache, "max_entries", defaults.max_entries)?,
+                stale_allow_seconds: small(
+                    &cache,
+                    "stale_allow_seconds",
+                    defaults.stale_allow_seconds,
+                )?,
             },
             max_callouts_in_flight: top.number("max_callouts_in_flight")?,
             client_certificates: top.boolean("client_certificates")?.unwrap_or(false),
@@ -380,6 +390,15 @@ impl RawConfig {
                     format!("must be between 0 and 86400 (got {ttl})"),
                 ));
             }
+        }
+        if self.cache.stale_allow_seconds > 3_600 {
+            return Err(problem(
+                "cache.stale_allow_seconds",
+                format!(
+                    "must be between 0 and 3600 (got {})",
+                    self.cache.stale_allow_seconds
+                ),
+            ));
         }
         if !(16..=1_048_576).contains(&self.cache.max_entries) {
             return Err(problem(
@@ -687,6 +706,10 @@ mod tests {
         assert_eq!(
             err(r#"{"cache":{"max_entries":1}}"#).field,
             "cache.max_entries"
+        );
+        assert_eq!(
+            err(r#"{"cache":{"stale_allow_seconds":86400}}"#).field,
+            "cache.stale_allow_seconds"
         );
         assert!(err(r#"{"cache":{"ttl":1}}"#)
             .problem

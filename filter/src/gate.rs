@@ -93,6 +93,20 @@ impl Callout {
         }
     }
 
+    /// Until when an allow that expired, and is kept until `until_ms`, may stand in for this
+    /// question while the apiserver cannot be asked: allows only, never past the token's `exp`
+    /// (a token without one is never served stale).
+    pub fn stale_until(&self, answer: &Answer, until_ms: u64) -> Option<u64> {
+        match (answer, &self.question) {
+            (Answer::Token(Authentication::Authenticated(_)), Question::Token(token)) => {
+                let exp_ms = jwt::expiry(token)?.saturating_mul(1000);
+                Some(until_ms.min(exp_ms))
+            }
+            (Answer::Access(true), Question::Access(_)) => Some(until_ms),
+            _ => None,
+        }
+    }
+
     /// Until when `answer` to this callout may be cached (ms since the epoch), asked at `now_ms`;
     /// `None`: not at all. A TokenReview answer never outlives the token's own `exp`.
     pub fn cache_until(&self, config: &Config, answer: &Answer, now_ms: u64) -> Option<u64> {

@@ -49,6 +49,12 @@ pub struct RequestState {
     lease: Option<CalloutLease>,
     /// When the question it is paused on must have been answered; past it the timer answers 503.
     deadline_ms: u64,
+    /// An expired allow for the current question that may stand in, until the time given, if the
+    /// apiserver cannot be asked (`cache.stale_allow_seconds`).
+    stale: Option<(Answer, u64)>,
+    /// The expired answer the claimed slot held (see `Record::Pending::kept`), written back with
+    /// a failure.
+    kept: Vec<u8>,
 }
 
 impl RequestState {
@@ -62,6 +68,8 @@ impl RequestState {
             owns_slot: false,
             lease: None,
             deadline_ms: u64::MAX,
+            stale: None,
+            kept: Vec::new(),
         }
     }
 }
@@ -103,7 +111,10 @@ pub fn advance(id: u32, mut state: RequestState, mut step: Step, phase: Phase) -
             }
             Step::Forward(forward) => return forward_request(&state.shared, forward, phase),
             Step::Call(callout) => match ask(id, &mut state, callout) {
-                Asked::Answer(answer) => state.gate.on_answer(&state.shared.config, answer),
+                Asked::Answer(answer) => {
+                    let answer = or_stale(&mut state, answer);
+                    state.gate.on_answer(&state.shared.config, answer)
+                }
                 Asked::Waiting => {
                     park(id, state);
                     return Verdict::Pause;
@@ -132,9 +143,20 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
     let config = &shared.config;
     let max = config.cache.max_entries;
     let now = abi::now_ms();
+    let stale_ms = u64::from(config.cache.stale_allow_seconds).saturating_mul(1000);
+    state.stale = None;
     // Two rounds: a lost race for the slot is settled by reading it again.
     for _ in 0..2 {
         let slot = Slot::read(callout.table, &callout.key, max);
+        if stale_ms > 0 {
+            state.stale = slot
+                .stale(&callout.key, now, stale_ms)
+                .and_then(|(bytes, until)| {
+                    let answer = Answer::decode(callout.table, &bytes)?;
+                    let until = callout.stale_until(&answer, until)?;
+                    (until > now).then_some((answer, until))
+                });
+        }
         let lookup = match slot.lookup(&callout.key, now, state.waiting_since_ms) {
             Lookup::Hit { value, stored_ms } => match Answer::decode(callout.table, &value) {
                 // Fresh for this listener's own TTL (another listener may keep answers longer),
@@ -181,9 +203,13 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                 )));
             }
             Lookup::Miss { evicts } => {
+                // The expired answer the slot held stays in it while this request asks, and after
+                // a failure: it may stand in for a listener with `cache.stale_allow_seconds`.
+                let kept = slot.kept_for(&callout.key);
                 let claim = Record::Pending {
                     digest: callout.key,
                     lease_until_ms: now + lease_ms(config.apiserver_timeout_ms),
+                    kept: kept.clone(),
                 };
                 if slot.replace(&claim).is_err() {
                     continue;
@@ -193,6 +219,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                     shared.metrics.count_eviction();
                 }
                 state.owns_slot = true;
+                state.kept = kept;
                 return dispatch(id, state, callout, now);
             }
         }
@@ -266,6 +293,7 @@ fn give_up_slot(state: &mut RequestState, callout: &Callout, now: u64) {
         let failed = Record::Failed {
             digest: callout.key,
             at_ms: now,
+            kept: std::mem::take(&mut state.kept),
         };
         Slot::overwrite(
             callout.table,
@@ -317,14 +345,16 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
             }),
             // Not cacheable: release the waiters with a fresh "ask again" — a Failed record older
             // than nobody, so they ask themselves.
-            None => claimed.then_some(Record::Failed {
+            None => claimed.then(|| Record::Failed {
                 digest: callout.key,
                 at_ms: 0,
+                kept: std::mem::take(&mut state.kept),
             }),
         },
-        Err(_) => claimed.then_some(Record::Failed {
+        Err(_) => claimed.then(|| Record::Failed {
             digest: callout.key,
             at_ms: now,
+            kept: std::mem::take(&mut state.kept),
         }),
     };
     if let Some(record) = record {
@@ -335,8 +365,31 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
             &record,
         );
     }
-    let step = state.gate.on_answer(config, answer);
+    let answer = or_stale(&mut state, answer);
+    let step = state.gate.on_answer(&state.shared.config, answer);
     let _ = advance(id, state, step, Phase::Later);
+}
+
+/// The review could not be had: an expired allow stands in if one may (see `RequestState::stale`),
+/// counted and logged; otherwise the trouble stands.
+fn or_stale(
+    state: &mut RequestState,
+    answer: Result<Answer, ApiserverTrouble>,
+) -> Result<Answer, ApiserverTrouble> {
+    let Err(trouble) = answer else {
+        return answer;
+    };
+    match state.stale.take() {
+        Some((stale, until)) if abi::now_ms() < until => {
+            state.shared.metrics.count_stale();
+            log::warn!(
+                "metrics-gate: serving a cached allow past its TTL (cache.stale_allow_seconds): {}",
+                trouble.0
+            );
+            Ok(stale)
+        }
+        _ => Err(trouble),
+    }
 }
 
 /// The root context's timer: answers every paused request past its deadline (whatever it waits
@@ -385,7 +438,8 @@ fn time_out(id: u32) {
         "no answer to the review within {} ms",
         lease_ms(state.shared.config.apiserver_timeout_ms)
     );
-    let step = state.gate.trouble(&state.shared.config, detail);
+    let answer = or_stale(&mut state, Err(ApiserverTrouble(detail)));
+    let step = state.gate.on_answer(&state.shared.config, answer);
     let _ = advance(id, state, step, Phase::Later);
 }
 

@@ -37,6 +37,7 @@ struct Metrics {
     coalesced: u32,
     evictions: u32,
     cap_rejections: u32,
+    stale: u32,
     in_flight: u32,
 }
 
@@ -59,6 +60,7 @@ impl Metrics {
             coalesced: define(abi::COUNTER, metrics::COALESCED_WAITS)?,
             evictions: define(abi::COUNTER, metrics::CACHE_EVICTIONS)?,
             cap_rejections: define(abi::COUNTER, metrics::CAP_REJECTIONS)?,
+            stale: define(abi::COUNTER, metrics::STALE_ANSWERS)?,
             in_flight: define(abi::GAUGE, metrics::CALLOUTS_IN_FLIGHT)?,
         })
     }
@@ -92,6 +94,10 @@ impl Metrics {
 
     fn count_cap_rejection(&self) {
         let _ = abi::increment_metric(self.cap_rejections, 1);
+    }
+
+    fn count_stale(&self) {
+        let _ = abi::increment_metric(self.stale, 1);
     }
 
     fn callouts_in_flight(&self, delta: i64) {

@@ -26,6 +26,18 @@ impl Slot {
         cache::lookup(self.record.as_ref(), digest, now_ms, waiting_since_ms)
     }
 
+    /// An allow for `digest` that expired less than `stale_ms` ago, as `cache::stale_answer`.
+    pub fn stale(&self, digest: &Digest, now_ms: u64, stale_ms: u64) -> Option<(Vec<u8>, u64)> {
+        cache::stale_answer(self.record.as_ref(), digest, now_ms, stale_ms)
+    }
+
+    /// The last answer to `digest` the slot holds (see `Record::kept_for`).
+    pub fn kept_for(&self, digest: &Digest) -> Vec<u8> {
+        self.record
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.kept_for(digest))
+    }
+
     /// Writes `record` only if nobody changed the slot since it was read.
     pub fn replace(&self, record: &Record) -> Result<(), HostError> {
         abi::set_shared_data(&self.key, &record.encode(), self.cas)
