@@ -7,9 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde_json::json;
 
 use crate::model::{
-    Apiserver, ClientCertificates, Component, ListenerTls, NodeAddress, Preset, Stack, TlsFiles,
-    UpstreamCredentials, UpstreamTls,
+    Apiserver, ClientCertificates, Component, ListenerTls, NodeAddress, OwnListener, Preset, Stack,
+    TlsFiles, UpstreamCredentials, UpstreamTls, OWN_PORT,
 };
+use crate::own_endpoints::ADMIN_SOCKET;
 use crate::{render_yaml, sds_client_ca, sds_resource, sds_serving_certificate};
 
 /// Where the DaemonSet and the sidecar mount things (manifests/ mounts exactly these).
@@ -74,7 +75,13 @@ fn node_stack(client: ClientCertificates) -> Stack {
 fn node_stack_of(presets: &[Preset], client: ClientCertificates) -> Stack {
     Stack {
         node_ip: NodeAddress::node_ip_placeholder(),
-        admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+        admin_socket: ADMIN_SOCKET.into(),
+        own_listener: Some(OwnListener {
+            port: OWN_PORT,
+            tls: ListenerTls::Tls {
+                client_certificates: client,
+            },
+        }),
         wasm_path: WASM.into(),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: CREDENTIALS_DIR.into(),
@@ -109,7 +116,11 @@ pub fn kube_proxy_node() -> Stack {
 pub fn sidecar() -> Stack {
     Stack {
         node_ip: NodeAddress::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+        admin_socket: ADMIN_SOCKET.into(),
+        own_listener: Some(OwnListener {
+            port: OWN_PORT,
+            tls: ListenerTls::default(),
+        }),
         wasm_path: WASM.into(),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: CREDENTIALS_DIR.into(),
@@ -134,7 +145,11 @@ pub fn sidecar() -> Stack {
 pub fn local_plaintext() -> Stack {
     Stack {
         node_ip: NodeAddress::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
-        admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+        admin_socket: ".local/testbed/admin.sock".into(),
+        own_listener: Some(OwnListener {
+            port: OWN_PORT,
+            tls: ListenerTls::Plaintext,
+        }),
         wasm_path: "target/wasm32-wasip1/release/metrics_gate.wasm".into(),
         apiserver: Apiserver {
             address: "127.0.0.1".into(),
@@ -159,7 +174,12 @@ pub fn local_plaintext() -> Stack {
 pub fn compose() -> Stack {
     Stack {
         node_ip: NodeAddress::node_ip_placeholder(),
-        admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9901)),
+        // The compose service's Envoy writes to /tmp (its image's user cannot create /var/run dirs).
+        admin_socket: "/tmp/metrics-gate-admin.sock".into(),
+        own_listener: Some(OwnListener {
+            port: OWN_PORT,
+            tls: ListenerTls::default(),
+        }),
         wasm_path: WASM.into(),
         apiserver: Apiserver {
             address: "127.0.0.1".into(),

@@ -12,11 +12,13 @@ pub mod cert;
 pub mod examples;
 pub mod file;
 pub mod model;
+pub mod own_endpoints;
 mod render;
 pub mod testing;
 
 pub use model::{
-    Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, NodeAddress, Preset,
+    Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, NodeAddress, OwnListener,
+    Preset,
     Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
 };
 pub use render::{

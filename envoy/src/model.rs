@@ -11,8 +11,13 @@ pub struct Stack {
     /// Listeners bind here: the node's IP (or the `${NODE_IP}` placeholder an init step fills in:
     /// Envoy does no substitution itself), 127.0.0.2 in tests (beside the components' 127.0.0.1).
     pub node_ip: NodeAddress,
-    /// Envoy's admin interface. Keep it on loopback: it can change Envoy's state.
-    pub admin: SocketAddr,
+    /// Envoy's admin interface: a Unix socket (mode 0600), never a TCP port — on a node's host
+    /// network any process could otherwise stop the gate (`/quitquitquit`), log callers' tokens
+    /// (`/logging?level=trace`) or read its configuration.
+    pub admin_socket: String,
+    /// The gate's own listener: a health check for the kubelet and the proxy's own metrics for
+    /// Prometheus, authorized like every scrape (see `own_endpoints`). `None`: not served.
+    pub own_listener: Option<OwnListener>,
     /// Local file of `metrics_gate.wasm`. Envoy reads it at start and refuses to start without it.
     pub wasm_path: String,
     /// Where the filter's TokenReview/SubjectAccessReview callouts finally go.
@@ -27,6 +32,17 @@ pub struct Stack {
     pub tls: TlsFiles,
     pub components: Vec<Component>,
 }
+
+/// The gate's own listener, on `node_ip` beside the component listeners.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnListener {
+    /// [`OWN_PORT`] on a node; 0 in tests (the kernel picks).
+    pub port: u16,
+    pub tls: ListenerTls,
+}
+
+/// The port of the gate's own listener in the shipped configurations.
+pub const OWN_PORT: u16 = 9902;
 
 /// Where the component listeners bind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -377,17 +393,20 @@ impl Stack {
                 }
             }
         }
-        if self.admin.port() != 0
-            && self.components.iter().any(|c| {
-                c.listen_port == self.admin.port()
-                    && (self.node_ip == NodeAddress::Ip(self.admin.ip())
-                        || self.admin.ip().is_unspecified())
-            })
-        {
-            return Err(InvalidStack(format!(
-                "admin {} collides with a listener",
-                self.admin
-            )));
+        if let Some(own) = &self.own_listener {
+            if own.port != 0 {
+                if let Some(c) = self.components.iter().find(|c| c.listen_port == own.port) {
+                    return Err(InvalidStack(format!(
+                        "the gate's own listener and {} both listen on port {}",
+                        c.name, own.port
+                    )));
+                }
+            }
+        }
+        if self.admin_socket.is_empty() {
+            return Err(InvalidStack(
+                "the admin socket path is empty (admin is only served on a Unix socket)".into(),
+            ));
         }
         Ok(())
     }

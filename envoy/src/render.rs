@@ -12,7 +12,7 @@
 
 use std::sync::OnceLock;
 
-use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Admin, Bootstrap};
+use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, http_protocol_options, socket_address, Address,
@@ -52,6 +52,7 @@ use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
+use crate::own_endpoints;
 use crate::model::{
     Apiserver, ClientCertificates, Component, ListenerTls, Stack, UpstreamCredentials, UpstreamTls,
 };
@@ -96,6 +97,10 @@ pub fn bootstrap(stack: &Stack) -> Bootstrap {
         listeners.push(component_listener(stack, c));
         clusters.push(component_cluster(c));
     }
+    if let Some(own) = &stack.own_listener {
+        listeners.push(own_endpoints::listener(stack, own));
+        clusters.push(own_endpoints::admin_cluster(stack));
+    }
     Bootstrap {
         // File-based SDS refuses to start without a node id and cluster.
         node: Some(Node {
@@ -108,13 +113,7 @@ pub fn bootstrap(stack: &Stack) -> Bootstrap {
             name: "envoy.bootstrap.internal_listener".into(),
             typed_config: Some(pack_any(InternalListener::default())),
         }],
-        admin: Some(Admin {
-            address: Some(socket_address(
-                &stack.admin.ip().to_string(),
-                stack.admin.port(),
-            )),
-            ..Default::default()
-        }),
+        admin: Some(own_endpoints::admin(stack)),
         static_resources: Some(StaticResources {
             listeners,
             clusters,
@@ -362,7 +361,27 @@ fn apiserver_cluster(api: &Apiserver) -> Cluster {
 }
 
 fn component_listener(stack: &Stack, c: &Component) -> Listener {
-    let mut http_filters = vec![wasm_filter(stack, c)];
+    gated_listener(stack, c, Vec::new(), None)
+}
+
+/// One path a gated listener routes, to `cluster`, forwarded as `rewrite`.
+pub(crate) struct OnlyPath {
+    pub path: &'static str,
+    pub rewrite: &'static str,
+    pub cluster: &'static str,
+}
+
+/// A listener on the node IP whose requests go through the metrics-gate filter, then to `c`'s
+/// cluster. `first_filters` run before the gate (the own listener's health check); `only`, if
+/// given, is the one path routed instead of all of them (the filter decides on paths anyway).
+pub(crate) fn gated_listener(
+    stack: &Stack,
+    c: &Component,
+    first_filters: Vec<HttpFilter>,
+    only: Option<OnlyPath>,
+) -> Listener {
+    let mut http_filters = first_filters;
+    http_filters.push(wasm_filter(stack, c));
     if c.upstream_credentials == UpstreamCredentials::Proxy {
         // After the filter: only admitted requests get the proxy's token, and it overwrites
         // whatever `Authorization` the caller sent.
@@ -381,14 +400,27 @@ fn component_listener(stack: &Stack, c: &Component) -> Listener {
             vec!["proxy-authorization".into()]
         }
     };
+    let (path_specifier, prefix_rewrite, cluster) = match only {
+        None => (
+            route_match::PathSpecifier::Prefix("/".into()),
+            String::new(),
+            c.name.clone(),
+        ),
+        Some(only) => (
+            route_match::PathSpecifier::Path(only.path.into()),
+            only.rewrite.into(),
+            only.cluster.into(),
+        ),
+    };
     let route = Route {
         r#match: Some(RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            path_specifier: Some(path_specifier),
             ..Default::default()
         }),
         action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(c.name.clone())),
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
             timeout: Some(duration(COMPONENT_TIMEOUT_MS)),
+            prefix_rewrite,
             ..Default::default()
         })),
         request_headers_to_remove,
@@ -579,11 +611,11 @@ fn sds_secret(stack: &Stack, name: &str, file: &str) -> SdsSecretConfig {
     }
 }
 
-fn router() -> HttpFilter {
+pub(crate) fn router() -> HttpFilter {
     http_filter("envoy.filters.http.router", pack_any(Router::default()))
 }
 
-fn http_filter(name: &str, config: Any) -> HttpFilter {
+pub(crate) fn http_filter(name: &str, config: Any) -> HttpFilter {
     HttpFilter {
         name: name.into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(config)),
@@ -654,7 +686,7 @@ fn upstream_tls(verify: Option<(&str, &str)>, sni: &str) -> TransportSocket {
     }
 }
 
-fn load_assignment(cluster_name: &str, address: Address) -> ClusterLoadAssignment {
+pub(crate) fn load_assignment(cluster_name: &str, address: Address) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: cluster_name.into(),
         endpoints: vec![LocalityLbEndpoints {
@@ -688,14 +720,14 @@ fn file(path: &str) -> DataSource {
     }
 }
 
-fn exact(s: &str) -> StringMatcher {
+pub(crate) fn exact(s: &str) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(string_matcher::MatchPattern::Exact(s.into())),
         ..Default::default()
     }
 }
 
-fn duration(ms: u32) -> Duration {
+pub(crate) fn duration(ms: u32) -> Duration {
     Duration {
         seconds: i64::from(ms / 1000),
         nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),

@@ -3,13 +3,16 @@
 
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+#[allow(unused_imports)]
+use crate::model::{OwnListener, OWN_PORT};
 
 use crate::*;
 
 fn stack(components: Vec<Component>) -> Stack {
     Stack {
         node_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)).into(),
-        admin: "127.0.0.1:9901".parse().unwrap(),
+        admin_socket: crate::own_endpoints::ADMIN_SOCKET.into(),
+        own_listener: None,
         wasm_path: "/opt/metrics-gate/metrics_gate.wasm".into(),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: "/var/run/metrics-gate/credentials".into(),
@@ -94,9 +97,10 @@ fn bootstrap_skeleton() {
         b["bootstrap_extensions"][0]["name"],
         "envoy.bootstrap.internal_listener"
     );
+    // Admin only on a Unix socket that only the gate may open.
     assert_eq!(
-        b["admin"]["address"]["socket_address"],
-        json!({"address": "127.0.0.1", "port_value": 9901})
+        b["admin"]["address"],
+        json!({"pipe": {"path": "/var/run/metrics-gate/admin/admin.sock", "mode": 0o600}})
     );
     let listeners = &b["static_resources"]["listeners"];
     let clusters = &b["static_resources"]["clusters"];
@@ -701,4 +705,38 @@ fn cert_secret_is_a_tls_secret_with_a_ca() {
     }
     assert_eq!(v["stringData"]["tls.crt"], issued.cert_pem);
     assert_ne!(issued.ca_pem, issued.cert_pem);
+}
+
+#[test]
+fn the_own_listener_serves_ready_and_the_gated_own_metrics_only() {
+    let mut s = all_presets();
+    s.own_listener = Some(OwnListener {
+        port: OWN_PORT,
+        tls: ListenerTls::default(),
+    });
+    let b = render(&s);
+    let listeners = &b["static_resources"]["listeners"];
+    let own = named(listeners, crate::own_endpoints::OWN_LISTENER);
+    assert_eq!(own["address"]["socket_address"]["port_value"], 9902);
+    let hcm = &own["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters: Vec<&str> = hcm["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        filters,
+        ["envoy.filters.http.health_check", "envoy.filters.http.wasm", "envoy.filters.http.router"]
+    );
+    let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+    assert_eq!(routes.as_array().unwrap().len(), 1, "one path only");
+    assert_eq!(routes[0]["match"]["path"], "/metrics");
+    assert_eq!(routes[0]["route"]["cluster"], "metrics-gate-admin");
+    assert_eq!(routes[0]["route"]["prefix_rewrite"], "/stats/prometheus");
+    let admin = named(&b["static_resources"]["clusters"], "metrics-gate-admin");
+    assert_eq!(
+        admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"],
+        "/var/run/metrics-gate/admin/admin.sock"
+    );
 }

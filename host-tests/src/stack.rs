@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use metrics_gate_envoy::{
     render, sds_client_ca, sds_resource, sds_serving_certificate, Apiserver, ClientCertificates,
-    Component, ListenerTls, Preset, TlsFiles, UpstreamCredentials, CLIENT_CA_FILE, SDS_FILE,
+    Component, ListenerTls, OwnListener, Preset, TlsFiles, UpstreamCredentials, CLIENT_CA_FILE,
+    SDS_FILE,
     SERVING_CERT_FILE,
 };
 use serde_json::{json, Value};
@@ -140,6 +141,7 @@ pub struct LocalStack {
     pub tls_dir: TokenDir,
     listener_tls: ListenerTls,
     listeners: Vec<(Preset, SocketAddr)>,
+    own_addr: SocketAddr,
     _files: tempfile::TempDir,
 }
 
@@ -230,7 +232,11 @@ impl LocalStack {
 
         let stack = metrics_gate_envoy::Stack {
             node_ip: NODE_IP.into(),
-            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            admin_socket: files.path().join("admin.sock").to_string_lossy().into_owned(),
+            own_listener: Some(OwnListener {
+                port: 0,
+                tls: opts.listener_tls.clone(),
+            }),
             wasm_path: wasm.to_string_lossy().into_owned(),
             apiserver: Apiserver {
                 address: "127.0.0.1".into(),
@@ -253,6 +259,7 @@ impl LocalStack {
             .iter()
             .map(|p| Ok((*p, envoy.listener_addr(p.name())?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let own_addr = envoy.listener_addr(metrics_gate_envoy::own_endpoints::OWN_LISTENER)?;
         Ok(LocalStack {
             apiserver,
             components,
@@ -264,8 +271,21 @@ impl LocalStack {
             tls_dir,
             listener_tls: opts.listener_tls,
             listeners,
+            own_addr,
             _files: files,
         })
+    }
+
+    /// Where the gate's own listener (`/ready`, the proxy's own `/metrics`) bound.
+    pub fn own_addr(&self) -> SocketAddr {
+        self.own_addr
+    }
+
+    /// The proxy's own counters, scraped like a component (through the gate) with `token`.
+    pub fn own_metrics(&self, token: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        raw_http::request(self.own_addr, "GET", "/metrics", &[("authorization", &auth)])
+            .unwrap_or_else(|e| panic!("the gate's own /metrics: {e:#}"))
     }
 
     /// Whether the listeners speak TLS.

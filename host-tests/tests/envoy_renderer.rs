@@ -48,7 +48,8 @@ impl Files {
         apiserver.ca_file = self.path("ca.crt");
         Stack {
             node_ip: NODE_IP.into(),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_socket: self.path("admin.sock"),
+            own_listener: None,
             wasm_path: self.path("filter.wasm"),
             apiserver,
             credentials_dir: self.path("credentials"),

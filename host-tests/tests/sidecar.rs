@@ -120,7 +120,10 @@ impl Sidecar {
         c.upstream = controller.addr();
         c.listen_port = 0;
         stack.node_ip = POD_IP.into();
-        stack.admin = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        stack.admin_socket = files.path().join("admin.sock").to_string_lossy().into_owned();
+        if let Some(own) = &mut stack.own_listener {
+            own.port = 0;
+        }
         stack.wasm_path = WasmBuild::Release
             .path()
             .unwrap()

@@ -2,7 +2,7 @@
 //! a self-signed serving certificate as a Kubernetes Secret, or writes every shipped example.
 //! Arguments are parsed by hand: this runs in an init step and should not pull in a CLI crate.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ use metrics_gate_envoy::cert::{issue, secret_yaml, CertRequest};
 use metrics_gate_envoy::file::ComponentsFile;
 use metrics_gate_envoy::{
     examples, render_yaml, sds_client_ca, sds_resource, sds_serving_certificate, Apiserver,
-    ClientCertificates, Component, ListenerTls, NodeAddress, Preset, Stack, TlsFiles,
+    ClientCertificates, Component, ListenerTls, NodeAddress, OwnListener, Preset, Stack, TlsFiles,
 };
 
 const USAGE: &str = "\
@@ -30,7 +30,10 @@ bootstrap: prints one node's Envoy bootstrap as YAML.
   --client-certificates MODE    none | optional | required, for the presets' listeners     [none]
   --tls-cert-dir DIR            tls.crt + tls.key (mounted Secret)     [/etc/metrics-gate/tls]
   --client-ca FILE              CA of client certificates
-  --admin ADDR:PORT             Envoy admin address                    [127.0.0.1:9901]
+  --admin-socket PATH           Envoy admin's Unix socket (admin is never on TCP)
+                                                                       [/var/run/metrics-gate/admin/admin.sock]
+  --own-port PORT               the gate's own listener: /ready for probes, /metrics for its own
+                                counters (gated like every scrape); 0 = none               [9902]
   --wasm PATH                   metrics_gate.wasm                      [/etc/metrics-gate/metrics_gate.wasm]
   --credentials-dir DIR         directory of the SDS files             [/etc/metrics-gate/credentials]
   --apiserver HOST:PORT         kube-apiserver                         [kubernetes.default.svc:443]
@@ -92,7 +95,8 @@ fn run(mut args: Vec<String>) -> Result<String, String> {
 
 fn bootstrap(args: Vec<String>) -> Result<String, String> {
     let mut node_ip: Option<NodeAddress> = None;
-    let mut admin: SocketAddr = "127.0.0.1:9901".parse().map_err(|e| format!("{e}"))?;
+    let mut admin_socket = metrics_gate_envoy::own_endpoints::ADMIN_SOCKET.to_string();
+    let mut own_port: u16 = metrics_gate_envoy::model::OWN_PORT;
     let mut wasm_path = examples::WASM.to_string();
     let mut credentials_dir = examples::CREDENTIALS_DIR.to_string();
     let mut apiserver = Apiserver::in_cluster();
@@ -156,7 +160,8 @@ fn bootstrap(args: Vec<String>) -> Result<String, String> {
             }
             "--tls-cert-dir" => cert_dir = Some(value()?),
             "--client-ca" => client_ca = Some(value()?),
-            "--admin" => admin = parse(&flag, &value()?)?,
+            "--admin-socket" => admin_socket = value()?,
+            "--own-port" => own_port = parse(&flag, &value()?)?,
             "--wasm" => wasm_path = value()?,
             "--credentials-dir" => credentials_dir = value()?,
             "--apiserver" => {
@@ -233,9 +238,17 @@ fn bootstrap(args: Vec<String>) -> Result<String, String> {
     // Keep the component list order stable and unique by name.
     components.dedup_by(|a, b| a.name == b.name);
 
+    // The own listener speaks what the component listeners speak.
+    let own_listener = (own_port != 0).then(|| OwnListener {
+        port: own_port,
+        tls: components
+            .first()
+            .map_or_else(ListenerTls::default, |c| c.listener_tls.clone()),
+    });
     let stack = Stack {
         node_ip,
-        admin,
+        admin_socket,
+        own_listener,
         wasm_path,
         apiserver,
         credentials_dir,

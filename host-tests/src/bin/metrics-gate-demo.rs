@@ -55,7 +55,9 @@ fn run() -> anyhow::Result<()> {
         r#"
 metrics-gate is running. Envoy listens on the node IP 127.0.0.2, beside the components on 127.0.0.1:
   {listeners}
-Mock kube-apiserver: https://{apiserver}   Envoy admin: {admin}
+Mock kube-apiserver: https://{apiserver}
+The gate's own listener: http://{own} (/ready; /metrics gated like the components)
+Envoy admin (Unix socket only, never TCP): {admin}
 
 In another terminal:
 
@@ -70,13 +72,16 @@ In another terminal:
   curl -si -H "Authorization: Bearer $DENIED" http://{kp}/metrics
   # 404: only /metrics is served, whoever asks
   curl -si -H "Authorization: Bearer $ALLOWED" http://{kp}/debug/pprof
-  # the filter's own counters
-  curl -s {admin}/stats/prometheus | grep '^metrics_gate'
+  # the gate's own counters, authorized like every scrape
+  curl -s -H "Authorization: Bearer $ALLOWED" http://{own}/metrics | grep '^metrics_gate'
+  # admin, for whoever can open its socket on this machine
+  curl -s --unix-socket {admin} http://admin/stats | grep metrics_gate
 
 Press Ctrl-C to stop."#,
         listeners = listeners.join("\n  "),
         apiserver = stack.apiserver.addr(),
-        admin = stack.envoy.admin_url(),
+        admin = stack.envoy.admin_socket().display(),
+        own = stack.own_addr(),
         kp = kube_proxy,
     );
 
