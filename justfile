@@ -114,3 +114,35 @@ bench *args: build
       --bin metrics-gate-bench -- --out "$out" "${doc[@]}" {{args}}
     {{root}}/.venv/bin/python {{root}}/bench/plot.py "$out/results.json" "$out/results.png"
     echo "==> $out/results.png"
+
+# The whole stack (four listeners over TLS) scraped at a steady rate while the scraper's token rotates
+# every minute, the apiserver goes down, slow and failing in episodes, and the proxy's token and the
+# serving certificate are swapped; a sample every 5 s. Writes results.json, results.md and soak.png to
+# target/soak/ (or --out DIR); fails on a hung request, an unexpected answer, a VM reload or growing
+# RSS. Not part of the tests. See docs/soak.md.
+# Soak run, default one hour: `just soak [--duration 15m] [--rate 300] [--out DIR]`.
+soak *args: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! {{root}}/.venv/bin/python -c "import matplotlib" 2>/dev/null; then
+      echo "==> installing matplotlib into .venv"
+      {{root}}/.venv/bin/pip install -q "matplotlib==3.11.2"
+    fi
+    out={{root}}/target/soak
+    set -- {{args}}
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --out) out="${2:-}"; shift $(( $# > 1 ? 2 : 1 )) ;;
+        --out=*) out="${1#--out=}"; shift ;;
+        *) shift ;;
+      esac
+    done
+    rm -f "$out/results.json"
+    status=0
+    MG_SOAK_COMMAND="just soak {{args}}" cargo run --locked -q -p metrics-gate-host-tests \
+      --bin metrics-gate-soak -- {{args}} || status=$?
+    if [ -f "$out/results.json" ]; then
+      {{root}}/.venv/bin/python {{root}}/bench/plot_soak.py "$out/results.json" "$out/soak.png"
+      echo "==> $out/soak.png"
+    fi
+    exit $status
