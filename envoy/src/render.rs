@@ -30,6 +30,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener;
+use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -46,7 +47,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, FailurePolicy, PluginConfig, VmConfig,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
@@ -381,6 +382,11 @@ pub(crate) fn gated_listener(
     only: Option<OnlyPath>,
 ) -> Listener {
     let mut http_filters = first_filters;
+    // The whole request before the gate: it then answers a complete request, so an early local
+    // reply (404, 405, 401, 403) ends an HTTP/2 stream normally instead of with a reset that
+    // clients such as curl 7.x take for an error; and no body is in flight while it decides.
+    // Scrapes have no body: for them this filter passes the headers straight on.
+    http_filters.push(request_buffer());
     http_filters.push(wasm_filter(stack, c));
     if c.upstream_credentials == UpstreamCredentials::Proxy {
         // After the filter: only admitted requests get the proxy's token, and it overwrites
@@ -609,6 +615,20 @@ fn sds_secret(stack: &Stack, name: &str, file: &str) -> SdsSecretConfig {
             ..Default::default()
         }),
     }
+}
+
+/// Largest request body the gate waits for; beyond it Envoy answers 413 (metrics requests have none).
+const MAX_REQUEST_BODY_BYTES: u32 = 64 * 1024;
+
+fn request_buffer() -> HttpFilter {
+    http_filter(
+        "envoy.filters.http.buffer",
+        pack_any(Buffer {
+            max_request_bytes: Some(UInt32Value {
+                value: MAX_REQUEST_BODY_BYTES,
+            }),
+        }),
+    )
 }
 
 pub(crate) fn router() -> HttpFilter {

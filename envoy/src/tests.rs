@@ -229,7 +229,7 @@ fn component_listener_normalises_and_gates() {
     assert_eq!(route["route"]["cluster"], "kube-scheduler");
     assert!(route["route"]["timeout"].is_string());
 
-    let wasm = &h["http_filters"][0]["typed_config"]["config"];
+    let wasm = &h["http_filters"][1]["typed_config"]["config"];
     assert_eq!(wasm["name"], "metrics-gate");
     assert_eq!(wasm["root_id"], "metrics-gate");
     assert_eq!(wasm["failure_policy"], "FAIL_RELOAD");
@@ -257,6 +257,7 @@ fn proxy_credentials_are_injected_after_the_filter() {
         assert_eq!(
             filter_names(l),
             [
+                "envoy.filters.http.buffer",
                 "envoy.filters.http.wasm",
                 "envoy.filters.http.credential_injector",
                 "envoy.filters.http.router"
@@ -269,13 +270,17 @@ fn proxy_credentials_are_injected_after_the_filter() {
         );
         // Same SDS source as the callout path: one subscription, one token.
         let internal = named(listeners, CREDENTIALS_LISTENER);
-        assert_eq!(hcm(l)["http_filters"][1], hcm(internal)["http_filters"][0]);
+        assert_eq!(hcm(l)["http_filters"][2], hcm(internal)["http_filters"][0]);
     }
     for name in ["kube-proxy", "etcd"] {
         let l = named(listeners, name);
         assert_eq!(
             filter_names(l),
-            ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+            [
+            "envoy.filters.http.buffer",
+            "envoy.filters.http.wasm",
+            "envoy.filters.http.router"
+        ]
         );
         let route = &hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0];
         assert_eq!(
@@ -424,7 +429,7 @@ fn listeners_use_tls_by_default_with_the_serving_certificate_from_sds() {
             .is_none());
         assert!(ctx.get("require_client_certificate").is_none());
         // The filter is not told to trust certificates nobody verifies.
-        let wasm = &hcm(named(&b["static_resources"]["listeners"], p.name()))["http_filters"][0];
+        let wasm = &hcm(named(&b["static_resources"]["listeners"], p.name()))["http_filters"][1];
         let conf = wasm["typed_config"]["config"]["configuration"]["value"]
             .as_str()
             .unwrap();
@@ -470,7 +475,7 @@ fn client_certificates_optional_and_required() {
         );
         assert_eq!(ctx.get("require_client_certificate").is_some(), required);
         let conf: Value = serde_json::from_str(
-            hcm(l)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+            hcm(l)["http_filters"][1]["typed_config"]["config"]["configuration"]["value"]
                 .as_str()
                 .unwrap(),
         )
@@ -490,7 +495,11 @@ fn passthrough_forwards_the_callers_authorization() {
     let l = named(&b["static_resources"]["listeners"], "kube-scheduler");
     assert_eq!(
         filter_names(l),
-        ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+        [
+            "envoy.filters.http.buffer",
+            "envoy.filters.http.wasm",
+            "envoy.filters.http.router"
+        ]
     );
     let route = &hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0];
     assert_eq!(
@@ -498,7 +507,7 @@ fn passthrough_forwards_the_callers_authorization() {
         json!(["proxy-authorization"])
     );
     let conf: Value = serde_json::from_str(
-        hcm(l)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"]
+        hcm(l)["http_filters"][1]["typed_config"]["config"]["configuration"]["value"]
             .as_str()
             .unwrap(),
     )
@@ -727,7 +736,12 @@ fn the_own_listener_serves_ready_and_the_gated_own_metrics_only() {
         .collect();
     assert_eq!(
         filters,
-        ["envoy.filters.http.health_check", "envoy.filters.http.wasm", "envoy.filters.http.router"]
+        [
+            "envoy.filters.http.health_check",
+            "envoy.filters.http.buffer",
+            "envoy.filters.http.wasm",
+            "envoy.filters.http.router"
+        ]
     );
     let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
     assert_eq!(routes.as_array().unwrap().len(), 1, "one path only");
