@@ -15,6 +15,9 @@
 //!     address: 127.0.0.1:8080
 //!     scheme: https                     # http | https
 //!     verify: {ca_file: /etc/ca.crt, server_name: my-controller}   # https only; none = no check
+//! - preset: kube-controller-manager     # a preset's https upstream, verified (default: not):
+//!   upstream_verify: {ca_file: /etc/kubernetes/pki/kcm-ca.crt, server_name: 127.0.0.1}
+//!                                       # server_name: a DNS SAN, or an IP SAN such as 127.0.0.1
 //!   upstream_credentials: none          # none | proxy (Envoy sends the proxy's own token)
 //!                                       # | passthrough (the caller's Authorization, unchanged)
 //!   listener:
@@ -65,6 +68,9 @@ pub struct ComponentEntry {
     pub name: Option<String>,
     pub listen_port: Option<u16>,
     pub upstream: Option<UpstreamEntry>,
+    /// Verification of an https upstream without restating its address and scheme (for presets):
+    /// `{ca_file, server_name}` (a DNS name or an IP SAN) or `none`.
+    pub upstream_verify: Option<VerifyEntry>,
     pub upstream_credentials: Option<CredentialsEntry>,
     pub listener: Option<ListenerEntry>,
     pub allowed_paths: Option<Vec<String>>,
@@ -296,6 +302,27 @@ impl ComponentEntry {
                         ca_file,
                         server_name,
                     }),
+                ) => UpstreamTls::TlsVerify {
+                    ca_file: ca_file.clone(),
+                    sni: server_name.clone(),
+                },
+            };
+        }
+        if let Some(verify) = &self.upstream_verify {
+            c.upstream_tls = match (&c.upstream_tls, verify) {
+                (UpstreamTls::Plain, _) => {
+                    return Err(format!(
+                        " ({}).upstream_verify: the upstream is plain http",
+                        c.name
+                    ))
+                }
+                (_, VerifyEntry::None) => UpstreamTls::TlsNoVerify,
+                (
+                    _,
+                    VerifyEntry::Ca {
+                        ca_file,
+                        server_name,
+                    },
                 ) => UpstreamTls::TlsVerify {
                     ca_file: ca_file.clone(),
                     sni: server_name.clone(),

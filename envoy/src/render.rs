@@ -674,15 +674,23 @@ fn component_cluster(c: &Component) -> Cluster {
     }
 }
 
-/// TLS towards an upstream, verified against `ca_file` with a DNS SAN of `name` when given.
+/// TLS towards an upstream, verified against `ca_file` with a SAN of `name` when given: an IP SAN
+/// when `name` is an IP address (loopback components often have no DNS name), else a DNS SAN.
 fn upstream_tls(verify: Option<(&str, &str)>, sni: &str) -> TransportSocket {
+    let is_ip = |name: &str| name.parse::<std::net::IpAddr>().is_ok();
+    // SNI carries host names only (RFC 6066).
+    let sni = if is_ip(sni) { "" } else { sni };
     let common_tls_context = verify.map(|(ca_file, name)| CommonTlsContext {
         validation_context_type: Some(
             common_tls_context::ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: Some(file(ca_file)),
                     match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                        san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                        san_type: if is_ip(name) {
+                            subject_alt_name_matcher::SanType::IpAddress
+                        } else {
+                            subject_alt_name_matcher::SanType::Dns
+                        } as i32,
                         matcher: Some(exact(name)),
                         ..Default::default()
                     }],

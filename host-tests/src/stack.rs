@@ -82,6 +82,8 @@ pub struct StackOptions {
     pub plugin_config: Value,
     /// Replaces `plugin_config` on the listed components' listeners.
     pub listener_plugin_config: Vec<(Preset, Value)>,
+    /// Verify these https components' certificates (default: not verified, as shipped).
+    pub upstream_verify: Vec<(Preset, UpstreamCheck)>,
     /// RBAC files the mock apiserver evaluates besides the shipped ones.
     pub extra_rbac_files: Vec<PathBuf>,
     /// `--authorization-always-allow-paths` of the fake kube-scheduler / kube-controller-manager
@@ -105,6 +107,15 @@ pub struct StackOptions {
 /// kube-scheduler's and kube-controller-manager's default `--authorization-always-allow-paths`.
 pub const DEFAULT_ALWAYS_ALLOW_PATHS: [&str; 3] = ["/healthz", "/readyz", "/livez"];
 
+/// How a test stack verifies a component's certificate.
+#[derive(Clone, Debug)]
+pub enum UpstreamCheck {
+    /// Against the CA that signed the component's certificate, for this name (DNS or IP SAN).
+    ComponentCa { server_name: String },
+    /// Against some other CA.
+    OtherCa { server_name: String },
+}
+
 /// The DNS name on the test stack's serving certificates (as the DaemonSet's Service would be).
 pub const SERVER_NAME: &str = "metrics-gate.metrics-gate.svc";
 
@@ -116,6 +127,7 @@ impl Default for StackOptions {
             listener_plugin_config: Vec::new(),
             component_always_allow_paths: Vec::new(),
             extra_rbac_files: Vec::new(),
+            upstream_verify: Vec::new(),
             node_ports: false,
             wasm: WasmBuild::Release,
             envoy: EnvoyOptions::default(),
@@ -225,6 +237,25 @@ impl LocalStack {
             component.listener_tls = opts.listener_tls.clone();
             if let Some((_, creds)) = opts.upstream_credentials.iter().find(|(p, _)| p == preset) {
                 component.upstream_credentials = creds.clone();
+            }
+            if let Some((_, check)) = opts.upstream_verify.iter().find(|(p, _)| p == preset) {
+                let (ca_pem, server_name) = match check {
+                    UpstreamCheck::ComponentCa { server_name } => {
+                        (fake.ca_pem().unwrap_or_default().to_owned(), server_name)
+                    }
+                    UpstreamCheck::OtherCa { server_name } => {
+                        (TestCa::new("not-the-components-ca").cert_pem().to_owned(), server_name)
+                    }
+                };
+                let ca_file = crate::tls::write_pem(
+                    files.path(),
+                    &format!("{}-upstream-ca.crt", preset.name()),
+                    &ca_pem,
+                )?;
+                component.upstream_tls = metrics_gate_envoy::UpstreamTls::TlsVerify {
+                    ca_file: ca_file.to_string_lossy().into_owned(),
+                    sni: server_name.clone(),
+                };
             }
             rendered.push(component);
             components.push((*preset, fake));
