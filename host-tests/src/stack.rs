@@ -312,11 +312,20 @@ impl LocalStack {
         self.own_addr
     }
 
-    /// The proxy's own counters, scraped like a component (through the gate) with `token`.
-    pub fn own_metrics(&self, token: &str) -> Response {
+    /// The proxy's own counters, scraped like a component (through the gate) with `token`:
+    /// (status, body), over TLS when the listeners speak it.
+    pub fn own_metrics(&self, token: &str) -> (u16, String) {
         let auth = format!("Bearer {token}");
-        raw_http::request(self.own_addr, "GET", "/metrics", &[("authorization", &auth)])
-            .unwrap_or_else(|e| panic!("the gate's own /metrics: {e:#}"))
+        let headers = [("authorization", auth.as_str())];
+        if self.uses_tls() {
+            let r = https_request(self.own_addr, SERVER_NAME, self.serving_ca.cert_pem(), None, "GET", "/metrics", &headers)
+                .unwrap_or_else(|e| panic!("the gate's own /metrics: {e:#}"));
+            (r.status, String::from_utf8_lossy(&r.body).into_owned())
+        } else {
+            let r = raw_http::request(self.own_addr, "GET", "/metrics", &headers)
+                .unwrap_or_else(|e| panic!("the gate's own /metrics: {e:#}"));
+            (r.status, r.text())
+        }
     }
 
     /// Whether the listeners speak TLS.

@@ -74,12 +74,11 @@ fn no_tcp_socket_of_the_gate_answers_admin_and_the_own_listener_is_gated() {
 
     // The proxy's own counters: gated like a component scrape.
     assert_eq!(raw_http::request(stack.own_addr(), "GET", "/metrics", &[]).unwrap().status, 401);
-    assert_eq!(stack.own_metrics(&stack.nobody_token()).status, 403);
+    assert_eq!(stack.own_metrics(&stack.nobody_token()).0, 403);
     let scrape = stack.scrape(metrics_gate_envoy::Preset::KubeProxy, "/metrics", &stack.prometheus_token());
     assert_eq!(scrape.status, 200);
-    let own = stack.own_metrics(&stack.prometheus_token());
-    assert_eq!(own.status, 200, "{}", own.text());
-    let text = own.text();
+    let (status, text) = stack.own_metrics(&stack.prometheus_token());
+    assert_eq!(status, 200, "{text}");
     assert!(text.contains("metrics_gate_requests_allowed"), "{}", &text[..text.len().min(500)]);
     assert!(!text.contains(stack.prometheus_token().as_str()));
 }
