@@ -34,7 +34,7 @@ pub const ADMIN_CLUSTER: &str = "metrics-gate-admin";
 /// The kubelet's probe path on the own listener.
 pub const HEALTH_PATH: &str = "/ready";
 /// Where the shipped configurations put admin's socket (an emptyDir in the pod).
-pub const ADMIN_SOCKET: &str = "/var/run/metrics-gate/admin/admin.sock";
+pub const ADMIN_SOCKET: &str = "/var/run/metrics-gate/admin.sock";
 
 /// Owner read and write only: the kubelet and other pods have no business there.
 const SOCKET_MODE: u32 = 0o600;

@@ -100,7 +100,7 @@ fn bootstrap_skeleton() {
     // Admin only on a Unix socket that only the gate may open.
     assert_eq!(
         b["admin"]["address"],
-        json!({"pipe": {"path": "/var/run/metrics-gate/admin/admin.sock", "mode": 0o600}})
+        json!({"pipe": {"path": "/var/run/metrics-gate/admin.sock", "mode": 0o600}})
     );
     let listeners = &b["static_resources"]["listeners"];
     let clusters = &b["static_resources"]["clusters"];
@@ -751,6 +751,6 @@ fn the_own_listener_serves_ready_and_the_gated_own_metrics_only() {
     let admin = named(&b["static_resources"]["clusters"], "metrics-gate-admin");
     assert_eq!(
         admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"],
-        "/var/run/metrics-gate/admin/admin.sock"
+        "/var/run/metrics-gate/admin.sock"
     );
 }
