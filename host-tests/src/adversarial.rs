@@ -16,6 +16,7 @@ use metrics_gate_envoy::Preset;
 use crate::components::RecordedRequest;
 use crate::raw_http::Response;
 use crate::stack::LocalStack;
+use crate::tokens::ServiceAccount;
 
 /// What one connection carried back: the answers parsed from it, in order, and whether the peer
 /// closed the connection (as opposed to the reader giving up at its deadline).
@@ -36,7 +37,11 @@ impl Exchange {
     pub fn summary(&self) -> String {
         let text = String::from_utf8_lossy(&self.raw);
         let short: String = text.chars().take(300).collect();
-        format!("statuses {:?}, closed {}, raw {short:?}", self.statuses(), self.closed)
+        format!(
+            "statuses {:?}, closed {}, raw {short:?}",
+            self.statuses(),
+            self.closed
+        )
     }
 }
 
@@ -59,14 +64,38 @@ pub fn exchange(addr: SocketAddr, bytes: &[u8], want: usize, within: Duration) -
     read_answers(&mut stream, want, within)
 }
 
+/// Writes `bytes` on a fresh connection and reads until the answers' statuses are one of
+/// `accepted` that no longer accepted sequence starts with, the peer closes, or `within` passes.
+/// For cases where Envoy may answer fewer requests than were sent (and keep the connection open).
+pub fn exchange_expecting(
+    addr: SocketAddr,
+    bytes: &[u8],
+    accepted: &[&[u16]],
+    within: Duration,
+) -> Exchange {
+    let mut stream = connect(addr);
+    let _ = stream.write_all(bytes);
+    read_until(&mut stream, within, |statuses| {
+        accepted.contains(&statuses)
+            && !accepted
+                .iter()
+                .any(|a| a.len() > statuses.len() && a.starts_with(statuses))
+    })
+}
+
 /// Reads answers from `stream` until `want` are complete, the peer closes, or `within` passes.
 pub fn read_answers(stream: &mut TcpStream, want: usize, within: Duration) -> Exchange {
+    read_until(stream, within, |statuses| statuses.len() >= want)
+}
+
+fn read_until(stream: &mut TcpStream, within: Duration, done: impl Fn(&[u16]) -> bool) -> Exchange {
     let deadline = Instant::now() + within;
     let mut raw = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut closed = false;
     loop {
-        if parse_stream(&raw).0.len() >= want {
+        let statuses: Vec<u16> = parse_stream(&raw).0.iter().map(|r| r.status).collect();
+        if done(&statuses) {
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -74,7 +103,10 @@ pub fn read_answers(stream: &mut TcpStream, want: usize, within: Duration) -> Ex
             break;
         }
         stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(500)).max(Duration::from_millis(1))))
+            .set_read_timeout(Some(
+                left.min(Duration::from_millis(500))
+                    .max(Duration::from_millis(1)),
+            ))
             .ok();
         match stream.read(&mut buf) {
             Ok(0) => {
@@ -82,7 +114,11 @@ pub fn read_answers(stream: &mut TcpStream, want: usize, within: Duration) -> Ex
                 break;
             }
             Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             // A reset after the answers is a close, as far as the client can tell.
             Err(_) => {
                 closed = true;
@@ -125,11 +161,18 @@ fn parse_one(raw: &[u8]) -> Option<(Response, usize)> {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let rest = &raw[end + 4..];
-    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     let no_body = (100..200).contains(&status) || status == 204 || status == 304;
     let (body, used) = if no_body {
         (Vec::new(), 0)
-    } else if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+    } else if header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         dechunk(rest)?
     } else if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         if rest.len() < length {
@@ -217,28 +260,100 @@ pub fn is_identity_header(name: &str) -> bool {
 
 /// The proxy's own token (what Envoy presents to kube-controller-manager and kube-scheduler).
 pub fn proxy_token(stack: &LocalStack) -> String {
-    String::from_utf8(stack.credentials.read("token").expect("reading the proxy's token"))
-        .expect("the proxy's token is text")
+    String::from_utf8(
+        stack
+            .credentials
+            .read("token")
+            .expect("reading the proxy's token"),
+    )
+    .expect("the proxy's token is text")
 }
 
 /// Checks one request a component received after the gate admitted it: no header of the
 /// caller's that asserts an identity, no underscore header name, none of `secrets` (the caller's
 /// tokens) in any header, and exactly the upstream credential the listener presents (the proxy's
 /// own token for kube-controller-manager and kube-scheduler, none for the others).
-pub fn assert_forwarded_clean(stack: &LocalStack, preset: Preset, seen: &RecordedRequest, secrets: &[&str], what: &str) {
+pub fn assert_forwarded_clean(
+    stack: &LocalStack,
+    preset: Preset,
+    seen: &RecordedRequest,
+    secrets: &[&str],
+    what: &str,
+) {
+    check_forwarded(stack, preset, seen, secrets, None, what);
+}
+
+/// Like [`assert_forwarded_clean`] on a listener with `identity_headers` on: the only identity
+/// headers are the gate's own `x-remote-user` / `x-remote-groups`, naming `reviewed`.
+pub fn assert_forwarded_with_identity(
+    stack: &LocalStack,
+    preset: Preset,
+    seen: &RecordedRequest,
+    secrets: &[&str],
+    reviewed: &ServiceAccount,
+    what: &str,
+) {
+    check_forwarded(stack, preset, seen, secrets, Some(reviewed), what);
+}
+
+fn check_forwarded(
+    stack: &LocalStack,
+    preset: Preset,
+    seen: &RecordedRequest,
+    secrets: &[&str],
+    reviewed: Option<&ServiceAccount>,
+    what: &str,
+) {
+    let gate_added =
+        |name: &str| reviewed.is_some() && (name == "x-remote-user" || name == "x-remote-groups");
     for (name, value) in &seen.headers {
-        assert!(!is_identity_header(name), "{what}: identity header {name}: {value:?} reached {}", preset.name());
-        assert!(!name.contains('_'), "{what}: underscore header {name} reached {}", preset.name());
+        assert!(
+            !is_identity_header(name) || gate_added(name),
+            "{what}: identity header {name}: {value:?} reached {}",
+            preset.name()
+        );
+        assert!(
+            !name.contains('_'),
+            "{what}: underscore header {name} reached {}",
+            preset.name()
+        );
         for secret in secrets.iter().filter(|s| !s.is_empty()) {
-            assert!(!value.contains(secret), "{what}: a caller's token reached {} in {name}", preset.name());
+            assert!(
+                !value.contains(secret),
+                "{what}: a caller's token reached {} in {name}",
+                preset.name()
+            );
         }
+    }
+    if let Some(sa) = reviewed {
+        assert_eq!(
+            seen.header_values("x-remote-user"),
+            [sa.username()],
+            "{what}: x-remote-user on {}",
+            preset.name()
+        );
+        assert_eq!(
+            seen.header_values("x-remote-groups"),
+            [sa.groups().join("|")],
+            "{what}: x-remote-groups on {}",
+            preset.name()
+        );
     }
     let auth = seen.header_values("authorization");
     match preset {
         Preset::KubeControllerManager | Preset::KubeScheduler => {
-            assert_eq!(auth, [format!("Bearer {}", proxy_token(stack))], "{what}: {} got another Authorization", preset.name());
+            assert_eq!(
+                auth,
+                [format!("Bearer {}", proxy_token(stack))],
+                "{what}: {} got another Authorization",
+                preset.name()
+            );
         }
-        _ => assert!(auth.is_empty(), "{what}: {} got an Authorization header", preset.name()),
+        _ => assert!(
+            auth.is_empty(),
+            "{what}: {} got an Authorization header",
+            preset.name()
+        ),
     }
 }
 
@@ -254,13 +369,32 @@ pub struct VmHealth {
 }
 
 pub fn vm_health(stack: &LocalStack) -> VmHealth {
-    VmHealth {
-        reload: stack.counter("wasm.metrics-gate.vm_reload"),
-        reload_success: stack.counter("wasm.metrics-gate.vm_reload_success"),
-        reload_failure: stack.counter("wasm.metrics-gate.vm_reload_failure"),
-        reload_backoff: stack.counter("wasm.metrics-gate.vm_reload_backoff"),
-        runtimes_created: stack.counter("wasm.envoy.wasm.runtime.v8.created"),
-    }
+    // One admin call for all five (each `stack.counter` fetches every stat).
+    let (status, body) = stack
+        .envoy
+        .admin("GET", "/stats?filter=%5Ewasm%5C.")
+        .expect("reading Envoy's wasm stats");
+    assert_eq!(status, 200, "/stats answered {status}: {body}");
+    let stat = |name: &str| {
+        body.lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let health = VmHealth {
+        reload: stat("wasm.metrics-gate.vm_reload"),
+        reload_success: stat("wasm.metrics-gate.vm_reload_success"),
+        reload_failure: stat("wasm.metrics-gate.vm_reload_failure"),
+        reload_backoff: stat("wasm.metrics-gate.vm_reload_backoff"),
+        runtimes_created: stat("wasm.envoy.wasm.runtime.v8.created"),
+    };
+    // Guards against renamed stats turning every check into 0 == 0.
+    assert!(
+        health.runtimes_created > 0,
+        "no wasm runtime stats in:\n{body}"
+    );
+    health
 }
 
 /// Lines of Envoy's log that tell of a crashed filter (a trap or a Rust panic in the VM).
@@ -281,11 +415,28 @@ pub fn crash_lines(stack: &LocalStack) -> Vec<String> {
 
 /// After an odd request: the gate still answers an ordinary authorized scrape with 200 at once
 /// (not after a VM reload), the VM was not reloaded since `before`, and the log tells of no crash.
-pub fn assert_still_serving(stack: &LocalStack, preset: Preset, token: &str, before: &VmHealth, what: &str) {
+pub fn assert_still_serving(
+    stack: &LocalStack,
+    preset: Preset,
+    token: &str,
+    before: &VmHealth,
+    what: &str,
+) {
     let started = Instant::now();
-    let answer = raw_request(stack.addr(preset), "GET", "/metrics", &[("authorization", &format!("Bearer {token}"))])
-        .unwrap_or_else(|e| panic!("after {what}: the next ordinary scrape failed: {e:#}"));
-    assert_eq!(answer.status, 200, "after {what}: the next ordinary scrape got {} {}", answer.status, answer.text());
+    let answer = raw_request(
+        stack.addr(preset),
+        "GET",
+        "/metrics",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .unwrap_or_else(|e| panic!("after {what}: the next ordinary scrape failed: {e:#}"));
+    assert_eq!(
+        answer.status,
+        200,
+        "after {what}: the next ordinary scrape got {} {}",
+        answer.status,
+        answer.text()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "after {what}: the next ordinary scrape took {:?}",
@@ -294,10 +445,19 @@ pub fn assert_still_serving(stack: &LocalStack, preset: Preset, token: &str, bef
     let now = vm_health(stack);
     assert_eq!(&now, before, "after {what}: the VM crashed or was reloaded");
     let crashes = crash_lines(stack);
-    assert!(crashes.is_empty(), "after {what}: Envoy logged a crash of the filter:\n{}", crashes.join("\n"));
+    assert!(
+        crashes.is_empty(),
+        "after {what}: Envoy logged a crash of the filter:\n{}",
+        crashes.join("\n")
+    );
 }
 
-fn raw_request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> anyhow::Result<Response> {
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
     crate::raw_http::request(addr, method, target, headers)
 }
 
@@ -311,7 +471,10 @@ pub struct H2Response {
 
 impl H2Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -321,15 +484,23 @@ impl H2Response {
 /// One request over cleartext HTTP/2 with prior knowledge (h2c, no upgrade), headers appended as
 /// given (a name may repeat), on a fresh connection. Errors carry hyper's/h2's reason, e.g. a
 /// stream reset by Envoy.
-pub fn h2_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u8])]) -> anyhow::Result<H2Response> {
+pub fn h2_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> anyhow::Result<H2Response> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
         let driver = tokio::spawn(conn);
         let mut req = hyper::Request::builder()
             .method(method)
@@ -344,10 +515,19 @@ pub fn h2_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
             let headers = resp
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             let body = resp.into_body().collect().await?.to_bytes().to_vec();
-            anyhow::Ok(H2Response { status, headers, body })
+            anyhow::Ok(H2Response {
+                status,
+                headers,
+                body,
+            })
         })
         .await
         .context("no HTTP/2 answer within 20 s")?;
