@@ -34,6 +34,8 @@ def cause_color(cause, i):
         ("probe_new_token_503_during_slow", "#a0cbe8"),
         ("probe_new_token_503_during_server-error", "#7b6fb0"),
         ("probe_new_token_200", "#8cd17d"),
+        ("scrape_401_from_component_during_down", "#d37295"),
+        ("scrape_401_from_component_during_server-error", "#fabfd2"),
         ("probe_expired_token_401", "#9c755f"),
     ]
     for prefix, color in families:
@@ -130,10 +132,13 @@ def main(src, dst):
         ax.bar(left, ys, widths, bottom=bottom, align="edge", color=cause_color(name, i), label=name, lw=0)
         bottom = [b + y for b, y in zip(bottom, ys)]
     shade(ax, r["episodes"], end)
-    ax.set_ylabel(f"non-200 per {interval:.0f} s")
+    ax.set_ylabel(f"non-200 per {interval:.0f} s (symlog)")
     ax.set_title("answers other than an ok scrape, by cause (fault episodes shaded)", fontsize=10)
     if series:
-        ax.set_ylim(0, max(bottom + [1]) * 1.35)
+        # Symmetric log: a burst of 503s (a token rotated while the apiserver is down) and a few
+        # probes in one picture.
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(0, max(bottom + [1]) * 8)
         ax.legend(fontsize=8, loc="upper left", ncol=2)
     else:
         ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center")

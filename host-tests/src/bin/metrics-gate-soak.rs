@@ -46,6 +46,8 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const APISERVER_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// RSS slopes within this are flat.
 const FLAT_MIB_PER_HOUR: f64 = 5.0;
+/// The RSS slope is judged only over at least this much time (after the first minute).
+const MIN_RSS_FIT: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -785,8 +787,16 @@ fn run(cli: Cli) -> Result<bool> {
     if callouts_in_flight_end != 0 {
         problems.push(format!("metrics_gate_callouts_in_flight is {callouts_in_flight_end} 30 s after the last request"));
     }
-    let rss = report::rss_summary(&samples, 60.0_f64.min(elapsed / 4.0));
-    if rss.slope_mib_per_hour.abs() > FLAT_MIB_PER_HOUR {
+    let mut rss = report::rss_summary(&samples, 60.0_f64.min(elapsed / 4.0));
+    // Over a few minutes a slope says little (one allocator step is enough to make it steep).
+    rss.judged = elapsed - rss.fit_from_s >= MIN_RSS_FIT.as_secs_f64();
+    if !rss.judged {
+        notes.push(format!(
+            "the RSS slope ({:+.2} MiB/h) is not judged: the run is shorter than {} min after the first minute",
+            rss.slope_mib_per_hour,
+            MIN_RSS_FIT.as_secs() / 60
+        ));
+    } else if rss.slope_mib_per_hour.abs() > FLAT_MIB_PER_HOUR {
         problems.push(format!(
             "Envoy's RSS is not flat: {:+.2} MiB/h after the first minute ({:.1} -> {:.1} MiB, max {:.1})",
             rss.slope_mib_per_hour, rss.first_mib, rss.last_mib, rss.max_mib

@@ -116,6 +116,14 @@ pub fn fingerprint(der: &[u8]) -> String {
     d.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+/// A Kubernetes `Status` body from a component that checks callers itself (the gate's own 401 is
+/// plain text with `WWW-Authenticate`).
+fn component_status(listener: &str, a: &Answer) -> bool {
+    matches!(listener, "kube-controller-manager" | "kube-scheduler")
+        && a.body_head.trim_start().starts_with('{')
+        && a.body_head.contains("\"Status\"")
+}
+
 impl Ledger {
     pub fn new(grace: f64) -> Self {
         Ledger {
@@ -181,6 +189,13 @@ impl Ledger {
                     None => Some(("scrape_503_apiserver_error_outside_faults".into(), false)),
                 },
                 503 => Some(("scrape_503_from_envoy".into(), false)),
+                // kube-controller-manager and kube-scheduler check the proxy's own token themselves
+                // (delegated TokenReview, cached 10 s): while the apiserver cannot be reached they
+                // answer 401 to a scrape the gate let through. Their answer, passed on.
+                401 if component_status(o.listener, a) => match episode {
+                    Some(e) => Some((format!("scrape_401_from_component_during_{}", during(e)), true)),
+                    None => Some(("scrape_401_from_component_outside_faults".into(), false)),
+                },
                 s => Some((format!("scrape_{s}"), false)),
             },
             (Kind::ProbeNewToken, Result::Answer(a)) => match (a.status, episode) {

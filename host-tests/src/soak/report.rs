@@ -56,6 +56,8 @@ pub struct Rss {
     /// Least-squares slope of RSS over time, from `fit_from_s` on.
     pub slope_mib_per_hour: f64,
     pub fit_from_s: f64,
+    /// Whether the run was long enough for the slope to be judged (10 min after the first one).
+    pub judged: bool,
     /// The same over the second half of the run only.
     pub slope_second_half_mib_per_hour: f64,
 }
@@ -130,6 +132,7 @@ pub fn rss_summary(samples: &[Sample], fit_from_s: f64) -> Rss {
         max_mib: rss.iter().map(|p| p.1).fold(0.0, f64::max),
         slope_mib_per_hour: slope(&after) * 3600.0,
         fit_from_s,
+        judged: false,
         slope_second_half_mib_per_hour: slope(&second) * 3600.0,
     }
 }
@@ -260,7 +263,8 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(s, "\n### Verdict: {verdict}\n");
     if r.problems.is_empty() {
-        let _ = writeln!(s, "No hung request, no unexpected answer, no VM reload, callouts back to 0, RSS flat.");
+        let rss = if r.rss.judged { "RSS flat" } else { "RSS not judged (run too short)" };
+        let _ = writeln!(s, "No hung request, no unexpected answer, no VM reload, callouts back to 0, {rss}.");
     }
     for p in &r.problems {
         let _ = writeln!(s, "- {p}");
