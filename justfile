@@ -40,6 +40,8 @@ unit:
     cargo test --locked --workspace --lib --bins
     @echo "==> the renderer against its committed examples"
     cargo test --locked -p metrics-gate-envoy --tests
+    @echo "==> the filter's integration tests, the fuzz corpora replayed among them (docs/fuzzing.md)"
+    cargo test --locked -p metrics-gate-filter --tests
     @echo "==> clippy"
     cargo clippy --locked --workspace --all-targets -- -D warnings
     cargo clippy --locked -p metrics-gate-filter --target wasm32-wasip1 --release -- -D warnings
@@ -57,6 +59,75 @@ test-wasm:
     echo "==> filter unit tests under wasm (Node.js)"
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$runner" \
       cargo test --locked -p metrics-gate-filter --lib --target wasm32-unknown-unknown
+
+# Targets run one after another, each for `seconds` (one libFuzzer process at a time); inputs that add
+# coverage are merged into filter/fuzz/corpus/. Ends with a table per target, and fails if any target
+# crashed. FUZZ_RUNS=<n> also stops a target after n executions; FUZZ_SANITIZER=address adds ASan.
+# Installs nightly and cargo-fuzz if missing. See docs/fuzzing.md.
+# Coverage-guided fuzzing of the filter: `just fuzz [seconds-per-target] [target...]` (default 60 s, all).
+fuzz seconds="60" *targets:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd {{root}}/filter
+    if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+      echo "==> installing the nightly Rust toolchain (one time)"
+      rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+      echo "==> installing cargo-fuzz (one time, about 2 min)"
+      cargo +nightly install cargo-fuzz --locked
+    fi
+    case "{{seconds}}" in ''|*[!0-9]*) echo "seconds must be a whole number, got '{{seconds}}'" >&2; exit 2 ;; esac
+    all=$(cargo +nightly fuzz list)
+    targets="{{targets}}"
+    [ -n "$targets" ] || targets="$all"
+    for t in $targets; do
+      grep -qx "$t" <<<"$all" || { echo "unknown fuzz target '$t'; targets: $(echo $all)" >&2; exit 2; }
+    done
+    work={{root}}/target/fuzz
+    flags=(--sanitizer "${FUZZ_SANITIZER:-none}" --debug-assertions --target-dir "$work")
+    limits=(-max_total_time={{seconds}} -timeout=10 -print_final_stats=1)
+    [ -z "${FUZZ_RUNS:-}" ] || limits+=(-runs="$FUZZ_RUNS")
+    echo "==> building the fuzz targets (nightly, debug assertions on)"
+    cargo +nightly fuzz build "${flags[@]}"
+    mkdir -p "$work/logs"
+    rows=()
+    crashed=0
+    for t in $targets; do
+      mkdir -p "$work/corpus/$t" "fuzz/corpus/$t" "fuzz/artifacts/$t"
+      stamp="$work/logs/$t.start"
+      touch "$stamp"
+      log="$work/logs/$t.log"
+      echo "==> fuzzing $t for {{seconds}} s (log: $log)"
+      # New inputs go to the scratch corpus (first directory); the committed one is read as well.
+      status=0
+      cargo +nightly fuzz run "${flags[@]}" "$t" "$work/corpus/$t" "fuzz/corpus/$t" -- "${limits[@]}" \
+        >"$log" 2>&1 || status=$?
+      stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -n 1; }
+      runs=$(stat number_of_executed_units)
+      rate=$(stat average_exec_per_sec)
+      found=$(find "fuzz/artifacts/$t" -type f -newer "$stamp" | wc -l)
+      if [ "$status" -ne 0 ] && [ "$found" -eq 0 ]; then found="?"; fi
+      if [ "$found" != 0 ]; then
+        crashed=1
+        grep -m 1 -E "panicked at|ERROR: libFuzzer" "$log" || true
+        find "fuzz/artifacts/$t" -type f -newer "$stamp" -printf "    reproducer: filter/%p\n"
+      fi
+      # Keep what adds coverage: merged into the committed corpus (review with git status).
+      before=$(find "fuzz/corpus/$t" -type f | wc -l)
+      cargo +nightly fuzz run "${flags[@]}" "$t" "fuzz/corpus/$t" "$work/corpus/$t" -- -merge=1 \
+        >"$work/logs/$t.merge.log" 2>&1 || echo "    (merge into fuzz/corpus/$t failed: $work/logs/$t.merge.log)"
+      files=$(find "fuzz/corpus/$t" -type f | wc -l)
+      rows+=("$t {{seconds}} ${runs:-?} ${rate:-?} $files $((files - before)) $found")
+    done
+    echo
+    echo "==> fuzzing results ($(date -u +%Y-%m-%dT%H:%MZ), $(rustc +nightly --version | cut -d" " -f2))"
+    printf "%-20s %8s %12s %8s %8s %6s %8s\n" target seconds executions exec/s corpus added crashes
+    for row in "${rows[@]}"; do printf "%-20s %8s %12s %8s %8s %6s %8s\n" $row; done
+    if [ "$crashed" -ne 0 ]; then
+      echo "==> crashes found: reproduce with 'cargo +nightly fuzz run <target> <file>' in filter/" >&2
+      exit 1
+    fi
 
 # Integration tests: the real Envoy with the built .wasm, the mock apiserver and fake components.
 integration: build

@@ -64,12 +64,15 @@ fn replay(target: &str) {
         // The panic message (the broken invariant, with its harness.rs line) is printed by the
         // default hook; the file is named here.
         if panic::catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
-            failed.push(path.display().to_string());
+            let shown = path
+                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .unwrap_or(path);
+            failed.push(shown.display().to_string());
         }
     }
     assert!(
         failed.is_empty(),
-        "{target}: {} of {} inputs panic in the harness (reproduce with `cargo fuzz run {target} <file>` in filter/):\n  {}",
+        "{target}: {} of {} inputs panic in the harness (reproduce with `cargo +nightly fuzz run {target} <file>` in filter/):\n  {}",
         failed.len(),
         corpus.len() + regressions.len(),
         failed.join("\n  ")

@@ -1,0 +1,7 @@
+#![no_main]
+//! `cargo fuzz run certificate_subject`: see harness.rs (shared with the corpus replay test) and docs/fuzzing.md.
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::certificate_subject(data));
