@@ -806,7 +806,7 @@ fn check_forward(config: &Config, headers: &[(&[u8], &[u8])], forward: &Forward)
             .is_some_and(|h| same_header(name, &h.user) || same_header(name, &h.groups));
         if credentials || own || asserts_identity(name) {
             assert!(
-                forward.remove.iter().any(|r| r.as_bytes() == *name),
+                forward.remove.iter().any(|r| r.as_slice() == *name),
                 "Forward keeps the caller's header {:?} (remove: {:?})",
                 String::from_utf8_lossy(name),
                 forward.remove

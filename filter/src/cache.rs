@@ -260,7 +260,8 @@ pub fn stale_answer(
 /// Whether an answer stored at `stored_ms` is still fresh at `now_ms` for a reader whose TTL for
 /// it is `ttl_seconds` (0: never — that reader does not cache).
 pub fn fresh_for_reader(stored_ms: u64, ttl_seconds: u32, now_ms: u64) -> bool {
-    stored_ms.saturating_add(u64::from(ttl_seconds).saturating_mul(1000)) > now_ms
+    // 0 is never, even if the clock stepped back below `stored_ms`.
+    ttl_seconds > 0 && stored_ms.saturating_add(u64::from(ttl_seconds).saturating_mul(1000)) > now_ms
 }
 
 /// How long a TokenReview answer may be remembered: the configured TTL, but never past the token's

@@ -124,8 +124,9 @@ impl Callout {
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forward {
-    /// Credentials and identity claims the caller sent (the upstream must not trust them).
-    pub remove: Vec<String>,
+    /// Credentials and identity claims the caller sent (the upstream must not trust them), named
+    /// as Envoy has them: bytes, since a name need not be UTF-8 to start with `x-remote-`.
+    pub remove: Vec<Vec<u8>>,
     /// Identity headers set from the apiserver's answer, when enabled.
     pub set: Vec<(String, String)>,
 }
@@ -136,12 +137,12 @@ enum Phase {
     New,
     AwaitingTokenReview {
         attributes: Attributes,
-        strip: Vec<String>,
+        strip: Vec<Vec<u8>>,
     },
     AwaitingAccessReview {
         user: User,
         attributes: Attributes,
-        strip: Vec<String>,
+        strip: Vec<Vec<u8>>,
     },
     Finished,
 }
@@ -307,8 +308,8 @@ impl Gate {
 
 /// The caller's credentials and every header that asserts or carries an identity (see
 /// `identity_headers`), plus the names this listener sets itself from the review.
-fn headers_to_strip(config: &Config, headers: &[(&[u8], &[u8])]) -> Vec<String> {
-    let mut strip: Vec<String> = Vec::new();
+fn headers_to_strip(config: &Config, headers: &[(&[u8], &[u8])]) -> Vec<Vec<u8>> {
+    let mut strip: Vec<Vec<u8>> = Vec::new();
     for (name, _) in headers {
         let remove = (!config.forward_caller_credentials
             && identity_headers::same_header(name, "authorization"))
@@ -317,11 +318,8 @@ fn headers_to_strip(config: &Config, headers: &[(&[u8], &[u8])]) -> Vec<String> 
                 identity_headers::same_header(name, &h.user)
                     || identity_headers::same_header(name, &h.groups)
             });
-        // Every name on the lists is ASCII, so a name that matched is valid UTF-8.
-        if let (true, Ok(name)) = (remove, std::str::from_utf8(name)) {
-            if !strip.iter().any(|known| known == name) {
-                strip.push(name.to_owned());
-            }
+        if remove && !strip.iter().any(|known| known.as_slice() == *name) {
+            strip.push(name.to_vec());
         }
     }
     strip

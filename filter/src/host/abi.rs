@@ -139,7 +139,7 @@ pub fn header(map: u32, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
-pub fn remove_header(map: u32, name: &str) -> Result<(), HostError> {
+pub fn remove_header(map: u32, name: &[u8]) -> Result<(), HostError> {
     status(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
 }
 
