@@ -4,84 +4,44 @@
 //!   the build artifact `just manifests` copies in), and every object of a Kubernetes kind passes
 //!   `kubernetes-validate --strict` (PyPI, pinned in scripts/setup.sh) against the 1.32 schemas;
 //! - the custom resources (ServiceMonitor, Certificate/Issuer, WasmPlugin, EnvoyFilter) are checked
-//!   structurally (apiVersion, kind, required and known fields); the EnvoyFilter's cluster is
-//!   validated by the real Envoy (`--mode validate`);
-//! - the DaemonSet and the sidecar get every file the rendered bootstrap names, and every file the
+//!   structurally (apiVersion, kind, required and known fields; ServiceMonitors authenticate with
+//!   `authorization.credentials`, never the deprecated `bearerTokenFile`); the EnvoyFilter's cluster
+//!   is validated by the real Envoy (`--mode validate`);
+//! - the DaemonSets and the sidecar get every file the rendered bootstrap names, and every file the
 //!   SDS resources it loads name in turn, from a volume item or key (not merely a mounted
-//!   directory); the DaemonSet probes Envoy's admin port and binds the ports the Services and
-//!   ServiceMonitors use; the manifests' SDS files are the rendered ones;
-//! - the ServiceMonitors' and the plain scrape config's relabelings, run through a small simulator of
-//!   Prometheus relabeling, give job="kube-scheduler"… and instance="<node IP>:<port>" without the
-//!   proxy pod's name.
+//!   directory); no two mounts of a container are one directory (the image's /var/run is /run); the
+//!   DaemonSet probes Envoy's admin, binds the ports the Services and ServiceMonitors use, drains
+//!   in a preStop hook that matches Envoy's flags and the admin socket, runs as
+//!   system-node-critical with a memory request above the measured peak, in a namespace whose Pod
+//!   Security level admits it; the manifests' SDS files are the rendered ones;
+//! - placement, on a table of kubeadm, k3s, RKE2, worker and Windows nodes: the control-plane
+//!   overlay takes exactly the control-plane nodes, the workers overlay exactly the other Linux
+//!   nodes, all-nodes every Linux node; overlays applied together share no object and no two
+//!   DaemonSets select each other's pods;
+//! - the ServiceMonitors' and the plain scrape config's relabelings, run through a simulator of
+//!   Prometheus relabeling (and of the Operator's generated relabelings), give exactly job,
+//!   instance (<node IP>:<port>), namespace, service and endpoint: the labels kube-prometheus-stack's
+//!   own scrapes give (host-tests/tests/kube_prometheus_rules.rs runs the chart's rules on them).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+#[path = "support/kustomize.rs"]
+mod kustomize;
+#[path = "support/relabel.rs"]
+mod relabel;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
+
+use kustomize::{docs, kustomize, manifests_copy, root, tool, which};
+use relabel::{scrape_config_labels, service_monitor_labels, Endpoint, Labels};
 
 const K8S_VERSION: &str = "1.32.0";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tool(rel: &str) -> PathBuf {
-    let p = root().join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh (or ./run setup)", p.display());
-    p
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// A copy of manifests/ with what `just manifests` would add: a stand-in .wasm (not valid wasm; only
-/// its presence matters to kustomize) and the renderer's sidecar bootstrap.
-fn manifests_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("manifests");
-    copy_dir(&root().join("manifests"), &m);
-    let fake_wasm: Vec<u8> = b"\0asm\x01\0\0\0".iter().copied().chain((0..=255u8).cycle().take(4096)).collect();
-    for d in ["base", "examples/sidecar"] {
-        std::fs::write(m.join(d).join("metrics_gate.wasm"), &fake_wasm).unwrap();
-    }
-    let sidecar = root().join("envoy/examples/sidecar.yaml");
-    let text = std::fs::read_to_string(&sidecar).unwrap_or_else(|_| {
-        eprintln!("note: {} not rendered yet; using a stand-in", sidecar.display());
-        "{}\n".into()
-    });
-    std::fs::write(m.join("examples/sidecar/envoy-sidecar.yaml"), text).unwrap();
-    dir
-}
-
-fn kustomize(dir: &Path) -> String {
-    let out = Command::new("kubectl").arg("kustomize").arg(dir).output().expect("kubectl (with kustomize) must be installed");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {} failed:\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("YAML document"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
+/// Every overlay, and the sets of them that are applied together (docs/deploying.md). Overlays in
+/// different sets are alternatives: control-plane and all-nodes share names and ports on purpose.
+const OVERLAYS: [&str; 3] = ["overlays/control-plane", "overlays/all-nodes", "overlays/workers"];
+const APPLIED_TOGETHER: &[&[&str]] = &[&["overlays/control-plane", "overlays/workers"], &["overlays/all-nodes"]];
 
 /// `kubernetes-validate --strict` on `yaml`; Err(output) on any error.
 fn k8s_validate(yaml: &str) -> Result<(), String> {
@@ -110,7 +70,7 @@ fn build_all() -> Vec<Built> {
     let tmp = manifests_copy();
     let m = tmp.path().join("manifests");
     let mut built = Vec::new();
-    for name in ["overlays/control-plane", "overlays/all-nodes", "examples/sidecar", "examples/istio"] {
+    for name in OVERLAYS.into_iter().chain(["examples/sidecar", "examples/istio"]) {
         let yaml = kustomize(&m.join(name));
         k8s_validate(&yaml).unwrap_or_else(|e| panic!("{name}: Kubernetes schema validation failed:\n{e}"));
         built.push(Built { name, objects: docs(&yaml) });
@@ -123,14 +83,29 @@ fn build_all() -> Vec<Built> {
     built
 }
 
+fn objects_of<'a>(built: &'a [Built], name: &str) -> &'a [Value] {
+    &built.iter().find(|b| b.name == name).unwrap_or_else(|| panic!("{name} not built")).objects
+}
+
 fn kind(o: &Value) -> (&str, &str) {
     (o["apiVersion"].as_str().unwrap_or(""), o["kind"].as_str().unwrap_or(""))
+}
+
+fn name_of(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or("?")
 }
 
 fn find<'a>(objs: &'a [Value], k: &str, name: &str) -> &'a Value {
     objs.iter()
         .find(|o| o["kind"] == k && o["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {k} {name}"))
+}
+
+/// The one DaemonSet of an overlay.
+fn daemonset(objs: &[Value]) -> &Value {
+    let all: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "DaemonSet").collect();
+    assert_eq!(all.len(), 1, "one DaemonSet per overlay");
+    all[0]
 }
 
 fn keys(v: &Value) -> Vec<&str> {
@@ -143,6 +118,12 @@ fn only_keys(what: &str, v: &Value, allowed: &[&str]) {
     }
 }
 
+/// Whether a label selector's `matchLabels` select an object with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let sel = selector.as_object().expect("matchLabels");
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 // ---- Custom resources, structurally -------------------------------------------------------------
 
 const RELABEL_FIELDS: &[&str] = &["sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement", "action"];
@@ -151,20 +132,22 @@ const RELABEL_ACTIONS: &[&str] = &[
     "dropequal",
 ];
 
-fn check_service_monitor(o: &Value) {
-    let name = o["metadata"]["name"].as_str().unwrap();
+fn check_service_monitor(o: &Value, objs: &[Value]) {
+    let name = name_of(o);
     only_keys(name, &o["spec"], &[
         "selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels", "sampleLimit",
-        "attachMetadata",
+        "attachMetadata", "scrapeClass",
     ]);
     assert!(o["spec"]["selector"].is_object(), "{name}: spec.selector is required");
     let eps = o["spec"]["endpoints"].as_array().expect("spec.endpoints");
     assert!(!eps.is_empty(), "{name}: no endpoints");
     for ep in eps {
+        // bearerTokenFile and bearerTokenSecret are deprecated (Operator API: "use `authorization`
+        // instead"); a file is refused outright where arbitraryFSAccessThroughSMs.deny is set.
         only_keys(name, ep, &[
-            "port", "targetPort", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig", "bearerTokenFile",
-            "bearerTokenSecret", "authorization", "honorLabels", "honorTimestamps", "relabelings",
-            "metricRelabelings", "params", "followRedirects", "enableHttp2", "filterRunning",
+            "port", "targetPort", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig", "authorization",
+            "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings", "params", "followRedirects",
+            "enableHttp2", "filterRunning",
         ]);
         assert!(ep["port"].is_string(), "{name}: endpoint.port (a Service port name) is required");
         assert!(matches!(ep["scheme"].as_str(), Some("http" | "https")), "{name}: scheme");
@@ -174,6 +157,32 @@ fn check_service_monitor(o: &Value) {
         if let Some(secret) = ep["tlsConfig"]["ca"].get("secret") {
             assert!(secret["name"].is_string() && secret["key"].is_string(), "{name}: tlsConfig.ca.secret");
         }
+        // SafeAuthorization (monitoringv1): `type` (default Bearer, never Basic) and `credentials`, a
+        // key of a Secret in the ServiceMonitor's namespace. No `credentialsFile` on a ServiceMonitor.
+        let auth = &ep["authorization"];
+        only_keys(&format!("{name}.authorization"), auth, &["type", "credentials"]);
+        assert!(
+            auth["type"].is_null() || auth["type"].as_str().is_some_and(|t| !t.eq_ignore_ascii_case("basic")),
+            "{name}: authorization.type"
+        );
+        let cred = &auth["credentials"];
+        only_keys(&format!("{name}.authorization.credentials"), cred, &["name", "key", "optional"]);
+        let (secret, key) = (cred["name"].as_str(), cred["key"].as_str());
+        assert!(secret.is_some() && key.is_some(), "{name}: authorization.credentials needs name and key");
+        // The Secret is built here: a ServiceAccount token Secret of a ServiceAccount that may read
+        // /metrics (metrics-reader), in the ServiceMonitor's namespace.
+        let s = find(objs, "Secret", secret.unwrap());
+        assert_eq!(s["metadata"]["namespace"], o["metadata"]["namespace"], "{name}: the Secret's namespace");
+        assert_eq!(s["type"], "kubernetes.io/service-account-token", "{name}: {} is no ServiceAccount token", name_of(s));
+        assert_eq!(key, Some("token"), "{name}: the token controller writes the key `token`");
+        let sa = s["metadata"]["annotations"]["kubernetes.io/service-account.name"].as_str().expect("service-account.name");
+        find(objs, "ServiceAccount", sa);
+        assert!(
+            objs.iter().any(|b| b["kind"] == "ClusterRoleBinding"
+                && b["roleRef"]["name"] == "metrics-reader"
+                && b["subjects"].as_array().unwrap().iter().any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa)),
+            "{name}: {sa} is not bound to metrics-reader"
+        );
         for r in ep["relabelings"].as_array().into_iter().flatten() {
             only_keys(name, r, RELABEL_FIELDS);
             let action = r["action"].as_str().unwrap_or("replace");
@@ -182,16 +191,16 @@ fn check_service_monitor(o: &Value) {
     }
 }
 
-/// The filter's configuration fields (README, "Plugin configuration"); the filter refuses others.
+/// The filter's configuration fields (filter/src/config.rs); the filter refuses others.
 const PLUGIN_FIELDS: &[&str] = &[
     "apiserver", "allowed_paths", "audiences", "authorization", "identity_headers", "retry_after_seconds",
-    "max_token_bytes",
+    "max_token_bytes", "cache", "max_callouts_in_flight", "client_certificates", "forward_caller_credentials",
 ];
 
-fn check_custom(o: &Value, envoy_checked: &mut usize) {
-    let name = o["metadata"]["name"].as_str().unwrap_or("?").to_string();
+fn check_custom(o: &Value, objs: &[Value], envoy_checked: &mut usize) {
+    let name = name_of(o).to_string();
     match kind(o) {
-        ("monitoring.coreos.com/v1", "ServiceMonitor") => check_service_monitor(o),
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => check_service_monitor(o, objs),
         ("cert-manager.io/v1", "Issuer" | "ClusterIssuer") => {
             let spec = keys(&o["spec"]);
             let types = ["selfSigned", "ca", "acme", "vault", "venafi"];
@@ -215,8 +224,16 @@ fn check_custom(o: &Value, envoy_checked: &mut usize) {
             ]);
             let url = s["url"].as_str().expect("spec.url");
             assert!(["oci://", "file://", "https://"].iter().any(|p| url.starts_with(p)), "{name}: url {url}");
+            // Pinned: istio-proxy refuses any module whose digest differs (CRD pattern ^[a-f0-9]{64}$).
+            let sha = s["sha256"].as_str().unwrap_or_else(|| panic!("{name}: sha256 must pin the module"));
+            assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{name}: sha256 {sha}");
             assert_eq!(s["phase"], "AUTHN", "{name}: runs before Istio's authorization");
-            assert_eq!(s["failStrategy"], "FAIL_CLOSE", "{name}: must fail closed");
+            // FAIL_OPEN would skip the gate on a fatal error, i.e. serve the metrics to anyone.
+            assert!(
+                matches!(s["failStrategy"].as_str(), Some("FAIL_RELOAD" | "FAIL_CLOSE")),
+                "{name}: failStrategy must fail closed (FAIL_RELOAD or FAIL_CLOSE), not {}",
+                s["failStrategy"]
+            );
             only_keys(&format!("{name}.pluginConfig"), &s["pluginConfig"], PLUGIN_FIELDS);
         }
         ("networking.istio.io/v1alpha3", "EnvoyFilter") => {
@@ -271,7 +288,7 @@ fn overlays_and_examples_build_and_validate() {
             let (api, _) = kind(o);
             let core = !api.contains('.') || api.ends_with(".k8s.io/v1") || api.starts_with("apps/");
             if !core {
-                check_custom(o, &mut envoy_checked);
+                check_custom(o, &b.objects, &mut envoy_checked);
             }
         }
     }
@@ -285,6 +302,20 @@ fn validator_rejects_a_schema_error() {
     assert!(k8s_validate(broken).is_err(), "kubernetes-validate accepted a broken DaemonSet");
     let unknown_field = broken.replace("ports: [{containerPort: ten}]", "portz: []");
     assert!(k8s_validate(&unknown_field).is_err(), "strict validation accepted an unknown field");
+}
+
+#[test]
+fn service_monitors_use_authorization_not_bearer_token_file() {
+    // Proves the structural check refuses the deprecated field.
+    let built = build_all();
+    let objs = objects_of(&built, "overlays/control-plane");
+    let mut sm = find(objs, "ServiceMonitor", "kube-etcd").clone();
+    sm["spec"]["endpoints"][0]["bearerTokenFile"] = json!("/var/run/secrets/kubernetes.io/serviceaccount/token");
+    let caught = std::panic::catch_unwind(|| check_service_monitor(&sm, objs));
+    assert!(caught.is_err(), "bearerTokenFile was accepted");
+    let mut sm = find(objs, "ServiceMonitor", "kube-etcd").clone();
+    sm["spec"]["endpoints"][0]["authorization"] = json!({"type": "Bearer", "credentialsFile": "/token"});
+    assert!(std::panic::catch_unwind(|| check_service_monitor(&sm, objs)).is_err(), "credentialsFile was accepted");
 }
 
 // ---- The DaemonSet against the bootstrap it runs ------------------------------------------------
@@ -308,7 +339,11 @@ fn strings_of(v: &Value, key: &str, out: &mut Vec<String>) {
 }
 
 fn bootstrap_of(objs: &[Value]) -> Value {
-    bootstrap_named(objs, "metrics-gate-bootstrap-")
+    // The DaemonSet's own bootstrap ConfigMap (overlays/workers suffixes its names).
+    let ds = daemonset(objs);
+    let vol = ds["spec"]["template"]["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "bootstrap").unwrap();
+    let name = vol["configMap"]["name"].as_str().unwrap();
+    bootstrap_named(objs, name)
 }
 
 fn bootstrap_named(objs: &[Value], prefix: &str) -> Value {
@@ -439,11 +474,24 @@ fn resolve(objs: &[Value], pod: &Value, container: &Value, path: &str) -> Result
     Err(format!("volume {name} holds only {have:?}"))
 }
 
-/// Absolute file and directory paths `v` names (`filename`, `path`), route paths excepted.
+/// `v` without the subtrees under `keys`.
+fn without_keys(v: &Value, keys: &[&str]) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter().filter(|(k, _)| !keys.contains(&k.as_str())).map(|(k, x)| (k.clone(), without_keys(x, keys))).collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|x| without_keys(x, keys)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Absolute file and directory paths `v` names (`filename`, `path`): not route paths, and not Unix
+/// sockets (`pipe`: Envoy creates admin's, check_prestop checks where).
 fn files_named(v: &Value) -> Vec<String> {
     let mut files = Vec::new();
-    strings_of(v, "filename", &mut files);
-    strings_of(v, "path", &mut files);
+    let v = without_keys(v, &["route_config", "pipe"]);
+    strings_of(&v, "filename", &mut files);
+    strings_of(&v, "path", &mut files);
     files.retain(|f| f.starts_with('/') && !f.starts_with("/apis/"));
     files.sort();
     files.dedup();
@@ -504,16 +552,24 @@ fn collect_key(v: &Value, key: &str, out: &mut Vec<Value>) {
     }
 }
 
+fn str_args(c: &Value, field: &str) -> Vec<String> {
+    c[field].as_array().map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+/// The value after `flag` in Envoy's arguments.
+fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().skip_while(|a| *a != flag).nth(1).map(String::as_str)
+}
+
 #[test]
 fn daemonset_runs_the_bootstrap_it_ships() {
     let built = build_all();
-    for b in built.iter().filter(|b| b.name.starts_with("overlays/")) {
-        let objs = &b.objects;
-        let ds = find(objs, "DaemonSet", "metrics-gate");
+    for n in OVERLAYS {
+        let objs = objects_of(&built, n);
+        let ds = daemonset(objs);
         let pod = &ds["spec"]["template"]["spec"];
         let envoy = envoy_container(ds);
         let boot = bootstrap_of(objs);
-        let n = b.name;
 
         // Placement and hardening.
         assert_eq!(pod["hostNetwork"], true, "{n}");
@@ -538,8 +594,8 @@ fn daemonset_runs_the_bootstrap_it_ships() {
         }
         let problems = check_files_provided(objs, pod, envoy, &boot);
         assert!(problems.is_empty(), "{n}:\n{}", problems.join("\n"));
-        let args: Vec<&str> = envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        let config = args.iter().skip_while(|a| **a != "--config-path" && **a != "-c").nth(1).expect("--config-path");
+        let args = str_args(envoy, "args");
+        let config = flag(&args, "--config-path").or(flag(&args, "-c")).expect("--config-path");
         assert!(mounted(envoy, config), "{n}: {config} not mounted");
         assert!(matches!(resolve(objs, pod, envoy, config), Ok(Source::InitWritten)), "{n}: nothing writes {config}");
 
@@ -562,17 +618,29 @@ fn daemonset_runs_the_bootstrap_it_ships() {
             "{n}: the bootstrap's SDS path is not the projected sds.yaml"
         );
 
-        // Probes hit the admin port on loopback.
-        let admin = &boot["admin"]["address"]["socket_address"];
-        assert_eq!(admin["address"], "127.0.0.1", "{n}: admin must stay on loopback");
+        // Probes: Envoy's /ready. While admin is on loopback TCP, the kubelet probes it there; once
+        // the bootstrap serves admin on a Unix socket only, the probes must go to a listener.
+        let admin_tcp = &boot["admin"]["address"]["socket_address"];
         for probe in ["readinessProbe", "livenessProbe"] {
             let get = &envoy[probe]["httpGet"];
-            assert_eq!(get["host"], "127.0.0.1", "{n} {probe}");
-            assert_eq!(get["port"], admin["port_value"], "{n} {probe}: not Envoy's admin port");
             assert_eq!(get["path"], "/ready", "{n} {probe}");
+            if admin_tcp.is_object() {
+                assert_eq!(admin_tcp["address"], "127.0.0.1", "{n}: admin must stay on loopback");
+                assert_eq!(get["host"], "127.0.0.1", "{n} {probe}");
+                assert_eq!(get["port"], admin_tcp["port_value"], "{n} {probe}: not Envoy's admin port");
+            } else {
+                let ports: Vec<&Value> = boot["static_resources"]["listeners"].as_array().unwrap().iter()
+                    .map(|l| &l["address"]["socket_address"]["port_value"]).collect();
+                assert!(
+                    ports.contains(&&get["port"]),
+                    "{n} {probe}: admin is no longer on TCP ({}); probe a listener's /ready instead of port {}",
+                    boot["admin"]["address"], get["port"]
+                );
+            }
         }
 
-        // Listeners: ${NODE_IP}, and exactly the ports of the containerPorts and the Services.
+        // Listeners: ${NODE_IP}, and exactly the ports of the containerPorts; each one served by a
+        // Service of the overlays applied with this one (apply_together checks the Services).
         let mut listener_ports = Vec::new();
         for l in boot["static_resources"]["listeners"].as_array().unwrap() {
             let sa = &l["address"]["socket_address"];
@@ -586,18 +654,319 @@ fn daemonset_runs_the_bootstrap_it_ships() {
             envoy["ports"].as_array().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
         container_ports.sort();
         assert_eq!(container_ports, listener_ports, "{n}: containerPorts vs bootstrap listeners");
-        let mut service_ports: Vec<u64> = objs
-            .iter()
-            .filter(|o| o["kind"] == "Service")
-            .flat_map(|s| s["spec"]["ports"].as_array().unwrap().iter().map(|p| p["targetPort"].as_u64().unwrap()))
-            .collect();
-        service_ports.sort();
-        assert_eq!(service_ports, listener_ports, "{n}: Service ports vs bootstrap listeners");
         for s in objs.iter().filter(|o| o["kind"] == "Service") {
             assert_eq!(s["spec"]["clusterIP"], "None", "{n}: headless");
-            assert_eq!(s["spec"]["selector"], ds["spec"]["selector"]["matchLabels"], "{n}: selects the DaemonSet");
         }
     }
+}
+
+/// A Kubernetes memory quantity in MiB (the forms used here: Ki, Mi, Gi).
+fn mebibytes(q: &str) -> f64 {
+    let (num, unit) = q.split_at(q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len()));
+    let n: f64 = num.parse().unwrap_or_else(|_| panic!("quantity {q}"));
+    match unit {
+        "Ki" => n / 1024.0,
+        "Mi" => n,
+        "Gi" => n * 1024.0,
+        _ => panic!("quantity {q}: unit {unit:?} not understood"),
+    }
+}
+
+/// The peak RSS BENCHMARKS.md measured (VmHWM, new token per request), MiB.
+const MEASURED_PEAK_MIB: f64 = 116.5;
+
+/// Mount paths as the container sees them: /var/run is a symlink to /run in the image.
+fn canonical_mount(p: &str) -> String {
+    let p = p.trim_end_matches('/');
+    match p.strip_prefix("/var/run") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/run{rest}"),
+        _ => p.to_string(),
+    }
+}
+
+/// Pairs of mounts of one container that are the same directory or nested in each other: the later
+/// mount hides the earlier one (or part of it).
+fn aliased_mounts(container: &Value) -> Vec<String> {
+    let mounts: Vec<(String, String)> = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["mountPath"].as_str().unwrap().to_string(), canonical_mount(m["mountPath"].as_str().unwrap())))
+        .collect();
+    let mut out = Vec::new();
+    for (i, (a, ca)) in mounts.iter().enumerate() {
+        for (b, cb) in &mounts[i + 1..] {
+            if ca == cb || cb.starts_with(&format!("{ca}/")) || ca.starts_with(&format!("{cb}/")) {
+                out.push(format!("{a} and {b} are one directory tree ({ca} / {cb})"));
+            }
+        }
+    }
+    out
+}
+
+/// Every pod template of every build.
+fn pod_templates(built: &[Built]) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for b in built {
+        for o in b.objects.iter().filter(|o| matches!(o["kind"].as_str(), Some("DaemonSet" | "Deployment"))) {
+            out.push((format!("{} {}", b.name, name_of(o)), &o["spec"]["template"]["spec"]));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_two_mounts_are_one_directory() {
+    let built = build_all();
+    for (what, pod) in pod_templates(&built) {
+        for c in pod["containers"].as_array().unwrap().iter().chain(pod["initContainers"].as_array().into_iter().flatten()) {
+            let bad = aliased_mounts(c);
+            assert!(bad.is_empty(), "{what} container {}: {}", c["name"], bad.join("; "));
+        }
+    }
+    // Proves the check sees through the symlink: /var/run/x over /run/x.
+    let c = json!({"volumeMounts": [{"mountPath": "/run/metrics-gate"}, {"mountPath": "/var/run/metrics-gate"}]});
+    assert_eq!(aliased_mounts(&c).len(), 1);
+}
+
+/// The preStop hook's drain matches Envoy's flags, the admin socket and the grace period.
+fn check_prestop(n: &str, pod: &Value, envoy: &Value, boot: &Value) {
+    let cmd = str_args(&envoy["lifecycle"]["preStop"]["exec"], "command");
+    assert!(cmd.len() == 6 && cmd[0] == "/usr/bin/perl" && cmd[1] == "-e", "{n}: preStop is `perl -e SCRIPT SOCKET DRAIN LIMIT`: {cmd:?}");
+    let (socket, drain, limit) = (&cmd[3], cmd[4].parse::<u64>().unwrap(), cmd[5].parse::<u64>().unwrap());
+    let args = str_args(envoy, "args");
+    assert_eq!(flag(&args, "--drain-time-s"), Some(cmd[4].as_str()), "{n}: the hook waits --drain-time-s");
+    assert_eq!(flag(&args, "--drain-strategy"), Some("immediate"), "{n}: close connections from the drain's start");
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+    assert!(drain < limit && limit + 5 <= grace, "{n}: drain {drain} s < limit {limit} s <= grace {grace} s - 5 s");
+    // The socket's directory is a writable emptyDir of its own in the envoy container.
+    let dir = socket.rsplit_once('/').unwrap().0;
+    let m = envoy["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("{n}: nothing is mounted at {dir}, where Envoy creates its admin socket"));
+    assert_ne!(m["readOnly"], true, "{n}: Envoy must be able to create {socket}");
+    let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
+    assert!(vol["emptyDir"].is_object(), "{n}: {dir} must be an emptyDir of the pod's own");
+    match boot.pointer("/admin/address/pipe/path").and_then(Value::as_str) {
+        Some(path) => assert_eq!(path, socket, "{n}: the preStop hook must drain through the bootstrap's admin socket"),
+        None => eprintln!(
+            "note: {n}: the bootstrap's admin is still {}; the preStop hook targets {socket}",
+            boot["admin"]["address"]
+        ),
+    }
+}
+
+#[test]
+fn the_pod_survives_a_real_cluster() {
+    let built = build_all();
+    for n in OVERLAYS {
+        let objs = objects_of(&built, n);
+        let ds = daemonset(objs);
+        let pod = &ds["spec"]["template"]["spec"];
+        let envoy = envoy_container(ds);
+        assert_eq!(pod["priorityClassName"], "system-node-critical", "{n}");
+        assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux", "{n}");
+        let req = mebibytes(envoy["resources"]["requests"]["memory"].as_str().unwrap());
+        let lim = mebibytes(envoy["resources"]["limits"]["memory"].as_str().unwrap());
+        assert!(req >= MEASURED_PEAK_MIB && lim >= 1.5 * req, "{n}: memory request {req} MiB, limit {lim} MiB");
+        check_prestop(n, pod, envoy, &bootstrap_of(objs));
+    }
+    // The namespace admits hostNetwork and hostPorts (Pod Security `privileged`).
+    for n in ["overlays/control-plane", "overlays/all-nodes"] {
+        let ns = find(objects_of(&built, n), "Namespace", "metrics-gate");
+        assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged", "{n}");
+    }
+}
+
+// ---- Placement ----------------------------------------------------------------------------------
+
+struct Node {
+    name: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    /// key, value, effect
+    taints: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const LINUX: (&str, &str) = ("kubernetes.io/os", "linux");
+const NODES: &[Node] = &[
+    Node { name: "kubeadm-control-plane", labels: &[LINUX, ("node-role.kubernetes.io/control-plane", "")],
+           taints: &[("node-role.kubernetes.io/control-plane", "", "NoSchedule")] },
+    Node { name: "k3s-server", labels: &[LINUX, ("node-role.kubernetes.io/control-plane", "true"), ("node-role.kubernetes.io/master", "true")],
+           taints: &[] },
+    Node { name: "k3s-server-tainted", labels: &[LINUX, ("node-role.kubernetes.io/control-plane", "true"), ("node-role.kubernetes.io/master", "true")],
+           taints: &[("node-role.kubernetes.io/control-plane", "true", "NoSchedule")] },
+    Node { name: "rke2-server", labels: &[LINUX, ("node-role.kubernetes.io/control-plane", "true"), ("node-role.kubernetes.io/etcd", "true"), ("node-role.kubernetes.io/master", "true")],
+           taints: &[("CriticalAddonsOnly", "true", "NoExecute")] },
+    Node { name: "rke2-etcd-only", labels: &[LINUX, ("node-role.kubernetes.io/etcd", "true")],
+           taints: &[("node-role.kubernetes.io/etcd", "true", "NoExecute")] },
+    Node { name: "worker", labels: &[LINUX], taints: &[] },
+    Node { name: "gpu-worker", labels: &[LINUX], taints: &[("nvidia.com/gpu", "present", "NoSchedule")] },
+    Node { name: "windows-worker", labels: &[("kubernetes.io/os", "windows")], taints: &[("os", "windows", "NoSchedule")] },
+];
+
+/// Whether the DaemonSet controller places `pod` on `node` (nodeSelector, required node affinity,
+/// NoSchedule/NoExecute taints against tolerations).
+fn schedulable(pod: &Value, node: &Node) -> bool {
+    let label = |k: &str| node.labels.iter().find(|(lk, _)| *lk == k).map(|(_, v)| *v);
+    let selector_ok = pod["nodeSelector"].as_object().into_iter().flatten().all(|(k, v)| label(k) == v.as_str());
+    let terms = pod.pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms");
+    let affinity_ok = match terms.and_then(Value::as_array) {
+        None => true,
+        Some(terms) => terms.iter().any(|t| {
+            t["matchExpressions"].as_array().unwrap().iter().all(|e| {
+                let have = label(e["key"].as_str().unwrap());
+                let values: Vec<&str> = e["values"].as_array().into_iter().flatten().map(|v| v.as_str().unwrap()).collect();
+                match e["operator"].as_str().unwrap() {
+                    "Exists" => have.is_some(),
+                    "DoesNotExist" => have.is_none(),
+                    "In" => have.is_some_and(|h| values.contains(&h)),
+                    "NotIn" => have.is_none_or(|h| !values.contains(&h)),
+                    op => panic!("operator {op}"),
+                }
+            })
+        }),
+    };
+    let tolerations = pod["tolerations"].as_array().cloned().unwrap_or_default();
+    let tolerated = |(key, value, effect): &(&str, &str, &str)| {
+        tolerations.iter().any(|t| {
+            let op = t["operator"].as_str().unwrap_or("Equal");
+            let key_ok = match t["key"].as_str() {
+                None | Some("") => op == "Exists",
+                Some(k) => k == *key && (op == "Exists" || t["value"].as_str().unwrap_or("") == *value),
+            };
+            key_ok && t["effect"].as_str().is_none_or(|e| e.is_empty() || e == *effect)
+        })
+    };
+    let taints_ok = node.taints.iter().filter(|t| t.2 != "PreferNoSchedule").all(tolerated);
+    selector_ok && affinity_ok && taints_ok
+}
+
+fn placed(objs: &[Value]) -> BTreeSet<&'static str> {
+    let pod = &daemonset(objs)["spec"]["template"]["spec"];
+    NODES.iter().filter(|node| schedulable(pod, node)).map(|n| n.name).collect()
+}
+
+#[test]
+fn placement_matches_kubeadm_k3s_and_rke2_nodes() {
+    let built = build_all();
+    let control_plane = placed(objects_of(&built, "overlays/control-plane"));
+    let workers = placed(objects_of(&built, "overlays/workers"));
+    let all_nodes = placed(objects_of(&built, "overlays/all-nodes"));
+    let set = |names: &[&'static str]| names.iter().copied().collect::<BTreeSet<_>>();
+    assert_eq!(control_plane, set(&["kubeadm-control-plane", "k3s-server", "k3s-server-tainted", "rke2-server"]));
+    assert_eq!(workers, set(&["rke2-etcd-only", "worker", "gpu-worker"]));
+    assert_eq!(all_nodes, &control_plane | &workers, "all-nodes: every Linux node");
+    assert!(control_plane.is_disjoint(&workers), "a node with both DaemonSets would bind 10249 twice");
+    // The affinity asks for the label to exist: kubeadm's "" and k3s/RKE2's "true" alike.
+    let pod = &daemonset(objects_of(&built, "overlays/control-plane"))["spec"]["template"]["spec"];
+    let expr = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!((expr["key"].as_str(), expr["operator"].as_str()), (Some("node-role.kubernetes.io/control-plane"), Some("Exists")));
+}
+
+// ---- Overlays applied together ------------------------------------------------------------------
+
+/// Problems of a set of overlays applied to one cluster: an object in two of them, DaemonSets that
+/// share a name or select each other's pods.
+fn conflicts(set: &[(&str, &[Value])]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<(String, String, String), &str> = BTreeMap::new();
+    for (overlay, objs) in set {
+        for o in objs.iter() {
+            let id = (
+                o["kind"].as_str().unwrap().to_string(),
+                o["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                name_of(o).to_string(),
+            );
+            if let Some(other) = seen.insert(id.clone(), overlay) {
+                problems.push(format!("{} {}/{} is in {other} and {overlay}", id.0, id.1, id.2));
+            }
+        }
+    }
+    let dss: Vec<(&str, &Value)> =
+        set.iter().flat_map(|(n, objs)| objs.iter().filter(|o| o["kind"] == "DaemonSet").map(move |o| (*n, o))).collect();
+    for (i, (na, a)) in dss.iter().enumerate() {
+        for (j, (nb, b)) in dss.iter().enumerate() {
+            if i != j && selects(&a["spec"]["selector"]["matchLabels"], &b["spec"]["template"]["metadata"]["labels"]) {
+                problems.push(format!(
+                    "DaemonSet {} ({na}) selects the pods of DaemonSet {} ({nb}): {}",
+                    name_of(a), name_of(b), a["spec"]["selector"]["matchLabels"]
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn overlays_applied_together_share_no_object_and_no_selector() {
+    let built = build_all();
+    for set in APPLIED_TOGETHER {
+        let members: Vec<(&str, &[Value])> = set.iter().map(|n| (*n, objects_of(&built, n))).collect();
+        let problems = conflicts(&members);
+        assert!(problems.is_empty(), "{set:?}:\n{}", problems.join("\n"));
+        let all: Vec<&Value> = members.iter().flat_map(|(_, o)| o.iter()).collect();
+        let dss: Vec<&Value> = all.iter().copied().filter(|o| o["kind"] == "DaemonSet").collect();
+        let exists = |k: &str, name: &str| all.iter().any(|o| o["kind"] == k && name_of(o) == name);
+        for ds in &dss {
+            let pod = &ds["spec"]["template"]["spec"];
+            let d = name_of(ds);
+            // What the pod refers to exists in the set (or is the cluster's / the operator's own).
+            assert!(exists("ServiceAccount", pod["serviceAccountName"].as_str().unwrap()), "{set:?}: {d}: ServiceAccount");
+            let mut cms = Vec::new();
+            collect_key(&pod["volumes"], "configMap", &mut cms);
+            for cm in cms {
+                let name = cm["name"].as_str().unwrap();
+                assert!(name == "kube-root-ca.crt" || exists("ConfigMap", name), "{set:?}: {d}: no ConfigMap {name}");
+            }
+            // Every listener port is scraped through a Service of the set that selects this pod.
+            for port in envoy_container(ds)["ports"].as_array().unwrap() {
+                let p = &port["containerPort"];
+                assert!(
+                    all.iter().any(|s| s["kind"] == "Service"
+                        && selects(&s["spec"]["selector"], &ds["spec"]["template"]["metadata"]["labels"])
+                        && s["spec"]["ports"].as_array().unwrap().iter().any(|sp| &sp["targetPort"] == p)),
+                    "{set:?}: no Service selects {d}'s pods on port {p}"
+                );
+            }
+        }
+        // And every Service selects only pods that serve its port (no always-down targets).
+        for s in all.iter().filter(|o| o["kind"] == "Service") {
+            let port = &s["spec"]["ports"][0]["targetPort"];
+            let selected: Vec<&&Value> =
+                dss.iter().filter(|ds| selects(&s["spec"]["selector"], &ds["spec"]["template"]["metadata"]["labels"])).collect();
+            assert!(!selected.is_empty(), "{set:?}: Service {} selects no DaemonSet", name_of(s));
+            for ds in selected {
+                let ports = &envoy_container(ds)["ports"];
+                assert!(
+                    ports.as_array().unwrap().iter().any(|p| &p["containerPort"] == port),
+                    "{set:?}: Service {} selects {}, which does not serve port {port}", name_of(s), name_of(ds)
+                );
+            }
+            if s["metadata"]["labels"]["metrics-gate/target"] == "kube-proxy" {
+                assert!(
+                    dss.iter().all(|ds| selects(&s["spec"]["selector"], &ds["spec"]["template"]["metadata"]["labels"])),
+                    "{set:?}: kube-proxy runs on every node: its Service must select every DaemonSet"
+                );
+            }
+        }
+    }
+    // Overlays that are alternatives really are: they would replace each other's DaemonSet.
+    let cp = objects_of(&built, "overlays/control-plane");
+    let an = objects_of(&built, "overlays/all-nodes");
+    assert_eq!(name_of(daemonset(cp)), name_of(daemonset(an)), "control-plane and all-nodes are alternatives");
+}
+
+#[test]
+fn a_second_daemonset_with_the_same_selector_is_caught() {
+    // The old workers recipe: a copy of all-nodes renamed with `namePrefix: workers-`, selector kept.
+    let built = build_all();
+    let cp = objects_of(&built, "overlays/control-plane");
+    let mut copy: Vec<Value> = objects_of(&built, "overlays/all-nodes").to_vec();
+    for o in &mut copy {
+        let renamed = format!("workers-{}", name_of(o));
+        o["metadata"]["name"] = json!(renamed);
+    }
+    let problems = conflicts(&[("overlays/control-plane", cp), ("workers-copy", copy.as_slice())]);
+    assert!(problems.iter().any(|p| p.contains("selects the pods of")), "{problems:?}");
 }
 
 #[test]
@@ -649,14 +1018,21 @@ fn a_missing_volume_item_is_caught() {
 }
 
 /// kustomize reads only files under its own directory: the manifests carry copies of the rendered
-/// SDS resource files, which `just render` refreshes.
+/// SDS resource files, which `just render` refreshes (examples/istio: copy sds.yaml by hand).
 #[test]
 fn shipped_sds_files_are_the_rendered_ones() {
-    for dir in ["manifests/base", "manifests/examples/sidecar"] {
-        for file in ["sds.yaml", "serving-certificate.yaml"] {
+    for (dir, files) in [
+        ("manifests/base", &["sds.yaml", "serving-certificate.yaml"][..]),
+        ("manifests/examples/sidecar", &["sds.yaml", "serving-certificate.yaml"][..]),
+        ("manifests/examples/istio", &["sds.yaml"][..]),
+    ] {
+        for file in files {
             let rendered = std::fs::read_to_string(root().join("envoy/examples/sds").join(file)).unwrap();
             let copy = std::fs::read_to_string(root().join(dir).join(file)).unwrap_or_default();
-            assert!(copy == rendered, "{dir}/{file} differs from envoy/examples/sds/{file}: run `just render`");
+            assert!(
+                copy == rendered,
+                "{dir}/{file} differs from envoy/examples/sds/{file}: run `just render` (or cp envoy/examples/sds/{file} {dir}/)"
+            );
         }
     }
     let sds: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("manifests/base/sds.yaml")).unwrap()).unwrap();
@@ -665,117 +1041,57 @@ fn shipped_sds_files_are_the_rendered_ones() {
     assert_eq!(sds, want, "sds.yaml must name the projected token");
 }
 
+/// The Istio example mounts into istio-proxy only what exists, and everything the EnvoyFilter's
+/// cluster (and the SDS resource it loads) reads.
+#[test]
+fn istio_example_mounts_what_its_cluster_reads() {
+    let built = build_all();
+    let objs = objects_of(&built, "examples/istio");
+    let patch: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("manifests/examples/istio/pod-annotations.yaml")).unwrap())
+            .unwrap();
+    let ann = &patch["spec"]["template"]["metadata"]["annotations"];
+    let volumes: Value = serde_json::from_str(ann["sidecar.istio.io/userVolume"].as_str().unwrap()).unwrap();
+    let mounts: Value = serde_json::from_str(ann["sidecar.istio.io/userVolumeMount"].as_str().unwrap()).unwrap();
+    let (vol_name, vol) = volumes.as_object().unwrap().iter().next().unwrap();
+    let mount_path = mounts[vol_name]["mountPath"].as_str().expect("userVolumeMount for the userVolume");
+    // Each file of the volume, with the ConfigMap text where the example builds it.
+    let mut provided: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for s in vol["projected"]["sources"].as_array().unwrap() {
+        if let Some(cm) = s.get("configMap") {
+            let name = cm["name"].as_str().unwrap();
+            let obj = objs.iter().find(|o| o["kind"] == "ConfigMap" && name_of(o) == name);
+            assert!(obj.is_some() || name == "kube-root-ca.crt", "the pod mounts ConfigMap {name}, which nothing creates");
+            for item in cm["items"].as_array().unwrap() {
+                let text = obj.map(|o| o["data"][item["key"].as_str().unwrap()].as_str().expect("key in the ConfigMap").to_string());
+                provided.insert(format!("{mount_path}/{}", item["path"].as_str().unwrap()), text);
+            }
+        } else if let Some(p) = s["serviceAccountToken"]["path"].as_str() {
+            assert!(s["serviceAccountToken"].get("audience").is_none(), "the token must carry the apiserver's audience");
+            provided.insert(format!("{mount_path}/{p}"), None);
+        } else {
+            panic!("projected source {s} not understood");
+        }
+    }
+    let ef = objs.iter().find(|o| o["kind"] == "EnvoyFilter").unwrap();
+    let cluster = &ef["spec"]["configPatches"][0]["patch"]["value"];
+    let mut todo = files_named(cluster);
+    let mut checked = 0;
+    while let Some(f) = todo.pop() {
+        if f == mount_path {
+            continue; // the watched directory itself
+        }
+        let text = provided.get(&f).unwrap_or_else(|| panic!("the cluster reads {f}, which the pod annotations do not mount"));
+        if let Some(t) = text {
+            let sds: Value = serde_yaml_ng::from_str(t).unwrap();
+            todo.extend(files_named(&sds));
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "sds.yaml, ca.crt and the token");
+}
+
 // ---- Relabeling ---------------------------------------------------------------------------------
-
-/// The subset of RE2 the shipped relabelings use, anchored as Prometheus anchors them: literals,
-/// top-level alternation, and `(.*)`/`(.+)` capturing everything. Anything else is refused, so the
-/// simulator never silently misreads a rule.
-fn regex_match(re: &str, value: &str) -> Option<Vec<String>> {
-    match re {
-        "(.*)" => return Some(vec![value.to_string(), value.to_string()]),
-        "(.+)" => return (!value.is_empty()).then(|| vec![value.to_string(), value.to_string()]),
-        _ => {}
-    }
-    assert!(
-        !re.contains(['(', ')', '[', ']', '*', '+', '?', '.', '\\', '^', '$', '{']),
-        "relabel simulator: unsupported regex {re:?}"
-    );
-    re.split('|').any(|alt| alt == value).then(|| vec![value.to_string()])
-}
-
-fn expand(replacement: &str, groups: &[String]) -> String {
-    let mut out = replacement.to_string();
-    for (i, g) in groups.iter().enumerate().rev() {
-        out = out.replace(&format!("${{{i}}}"), g).replace(&format!("${i}"), g);
-    }
-    out
-}
-
-/// Applies relabel rules (Operator camelCase or Prometheus snake_case). None = target dropped.
-fn relabel(mut labels: BTreeMap<String, String>, rules: &[Value]) -> Option<BTreeMap<String, String>> {
-    for r in rules {
-        let get = |camel: &str, snake: &str| r.get(camel).or_else(|| r.get(snake)).cloned();
-        let action = get("action", "action").and_then(|v| v.as_str().map(str::to_lowercase)).unwrap_or("replace".into());
-        let regex = get("regex", "regex").and_then(|v| v.as_str().map(String::from)).unwrap_or("(.*)".into());
-        let sep = get("separator", "separator").and_then(|v| v.as_str().map(String::from)).unwrap_or(";".into());
-        let sources: Vec<String> = get("sourceLabels", "source_labels")
-            .map(|v| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default();
-        let value = sources.iter().map(|s| labels.get(s).cloned().unwrap_or_default()).collect::<Vec<_>>().join(&sep);
-        match action.as_str() {
-            "replace" => {
-                let target = get("targetLabel", "target_label").and_then(|v| v.as_str().map(String::from)).unwrap();
-                let replacement =
-                    get("replacement", "replacement").and_then(|v| v.as_str().map(String::from)).unwrap_or("$1".into());
-                if let Some(groups) = regex_match(&regex, &value) {
-                    let v = expand(&replacement, &groups);
-                    if v.is_empty() {
-                        labels.remove(&target);
-                    } else {
-                        labels.insert(target, v);
-                    }
-                }
-            }
-            "keep" => {
-                regex_match(&regex, &value)?;
-            }
-            "drop" => {
-                if regex_match(&regex, &value).is_some() {
-                    return None;
-                }
-            }
-            "labeldrop" => labels.retain(|k, _| regex_match(&regex, k).is_none()),
-            other => panic!("relabel simulator: action {other} not supported"),
-        };
-    }
-    Some(labels)
-}
-
-/// Discovered labels of one endpoint of a metrics-gate Service (role endpoints) on node `cp-1`.
-fn discovered(target: &str, port: u16) -> BTreeMap<String, String> {
-    [
-        ("__address__", format!("10.0.0.7:{port}")),
-        ("__scheme__", "https".into()),
-        ("__metrics_path__", "/metrics".into()),
-        ("__meta_kubernetes_namespace", "metrics-gate".into()),
-        ("__meta_kubernetes_service_name", format!("metrics-gate-{target}")),
-        ("__meta_kubernetes_service_label_metrics_gate_target", target.into()),
-        ("__meta_kubernetes_endpoint_port_name", "https-metrics".into()),
-        ("__meta_kubernetes_pod_name", "metrics-gate-x7k2p".into()),
-        ("__meta_kubernetes_pod_container_name", "envoy".into()),
-        ("__meta_kubernetes_pod_node_name", "cp-1".into()),
-        ("__meta_kubernetes_pod_host_ip", "10.0.0.7".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// What the Prometheus Operator's generated relabel_configs add before a ServiceMonitor's own
-/// (namespace, service, pod, container, endpoint; job = the Service's name).
-fn operator_defaults(mut l: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let set = |l: &mut BTreeMap<String, String>, k: &str, from: &str| {
-        let v = l.get(from).cloned().unwrap_or_default();
-        l.insert(k.to_string(), v);
-    };
-    set(&mut l, "namespace", "__meta_kubernetes_namespace");
-    set(&mut l, "service", "__meta_kubernetes_service_name");
-    set(&mut l, "pod", "__meta_kubernetes_pod_name");
-    set(&mut l, "container", "__meta_kubernetes_pod_container_name");
-    set(&mut l, "job", "__meta_kubernetes_service_name");
-    set(&mut l, "endpoint", "__meta_kubernetes_endpoint_port_name");
-    l
-}
-
-/// Prometheus's own last steps: instance defaults to __address__, `__`-labels are dropped.
-fn finish(mut l: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    if !l.contains_key("instance") {
-        let a = l["__address__"].clone();
-        l.insert("instance".into(), a);
-    }
-    l.retain(|k, _| !k.starts_with("__"));
-    l
-}
 
 const COMPONENTS: [(&str, u16, &str); 4] = [
     ("kube-controller-manager", 10257, "kube-controller-manager"),
@@ -784,15 +1100,38 @@ const COMPONENTS: [(&str, u16, &str); 4] = [
     ("etcd", 2381, "kube-etcd"),
 ];
 
-fn assert_component_labels(what: &str, l: &BTreeMap<String, String>, job: &str, port: u16) {
-    assert_eq!(l.get("job").map(String::as_str), Some(job), "{what}: {l:?}");
-    assert_eq!(l.get("instance"), Some(&format!("10.0.0.7:{port}")), "{what}: {l:?}");
-    assert_eq!(l.get("node").map(String::as_str), Some("cp-1"), "{what}: {l:?}");
-    assert!(!l.contains_key("pod") && !l.contains_key("container"), "{what}: the proxy pod leaks: {l:?}");
+/// Exactly the labels kube-prometheus-stack's own ServiceMonitors give (job via jobLabel, instance,
+/// and the Operator's namespace/service/endpoint), less the component pod's pod/container, which a
+/// proxy cannot know: kube_prometheus_rules.rs proves the chart's rules treat both alike.
+fn expected_labels(service: &str, job: &str, port: u16) -> Labels {
+    [
+        ("job", job.to_string()),
+        ("instance", format!("10.0.0.7:{port}")),
+        ("namespace", "metrics-gate".into()),
+        ("service", service.to_string()),
+        ("endpoint", "https-metrics".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The endpoint of a metrics-gate Service on node cp-1 (10.0.0.7).
+fn mg_endpoint<'a>(service: &'a str, labels: &'a [(&'a str, &'a str)], port: u16) -> Endpoint<'a> {
+    Endpoint {
+        namespace: "metrics-gate",
+        service,
+        service_labels: labels,
+        port_name: "https-metrics",
+        address: format!("10.0.0.7:{port}"),
+        pod: "metrics-gate-x7k2p",
+        container: "envoy",
+        node: "cp-1",
+    }
 }
 
 #[test]
-fn service_monitors_give_component_job_and_instance_labels() {
+fn service_monitors_give_exactly_the_charts_labels() {
     let built = build_all();
     let mut seen = 0;
     for b in built.iter().filter(|b| b.name.starts_with("overlays/")) {
@@ -809,9 +1148,10 @@ fn service_monitors_give_component_job_and_instance_labels() {
             assert_eq!(sport.map(|p| p["port"].as_u64().unwrap()), Some(*port as u64), "{}: endpoint port", b.name);
             assert_eq!(ep["scheme"], "https", "{}: callers send bearer tokens: TLS only", b.name);
             assert!(ep["tlsConfig"]["serverName"].is_string(), "{}: serverName", b.name);
-            let rules = ep["relabelings"].as_array().unwrap();
-            let l = relabel(operator_defaults(discovered(target, *port)), rules).expect("target kept");
-            assert_component_labels(&format!("{} {}", b.name, sm["metadata"]["name"]), &finish(l), job, *port);
+            let labels = [("metrics-gate/target", target), ("app.kubernetes.io/name", "metrics-gate")];
+            let l = service_monitor_labels(&mg_endpoint(name_of(service), &labels, *port), sm["spec"]["jobLabel"].as_str(), ep)
+                .expect("target kept");
+            assert_eq!(l, expected_labels(name_of(service), job, *port), "{} {}", b.name, name_of(sm));
             seen += 1;
         }
     }
@@ -828,14 +1168,17 @@ fn plain_prometheus_scrape_configs_select_and_label_each_component() {
     for (target, port, job) in COMPONENTS {
         let j = jobs.iter().find(|j| j["job_name"] == job).unwrap_or_else(|| panic!("no job {job}"));
         assert_eq!(j["scheme"], "https");
+        assert_eq!(j["authorization"]["type"], "Bearer", "{job}");
+        assert!(j["authorization"]["credentials_file"].is_string(), "{job}: authorization.credentials_file");
+        assert!(j.get("bearer_token_file").is_none(), "{job}: bearer_token_file is the old spelling");
         // Every job keeps exactly its own component's endpoints.
         for (other, oport, _) in COMPONENTS {
-            let mut l = discovered(other, oport);
-            l.insert("job".into(), job.into());
-            let kept = relabel(l, j["relabel_configs"].as_array().unwrap());
+            let service = format!("metrics-gate-{other}");
+            let labels = [("metrics-gate/target", other), ("app.kubernetes.io/name", "metrics-gate")];
+            let kept = scrape_config_labels(&mg_endpoint(&service, &labels, oport), j);
             assert_eq!(kept.is_some(), other == target, "job {job} on {other}'s endpoints");
             if let Some(l) = kept {
-                assert_component_labels(job, &finish(l), job, port);
+                assert_eq!(l, expected_labels(&service, job, port), "{job}");
             }
         }
     }
@@ -843,7 +1186,7 @@ fn plain_prometheus_scrape_configs_select_and_label_each_component() {
     // promtool (Debian's prometheus package) checks the rest; Debian builds Prometheus without the
     // Kubernetes service discovery, so static targets stand in for it, and the credential files
     // are temporary ones.
-    let Ok(promtool) = which("promtool") else {
+    let Some(promtool) = which("promtool") else {
         eprintln!("note: promtool not installed; skipping `promtool check config`");
         return;
     };
@@ -863,10 +1206,4 @@ fn plain_prometheus_scrape_configs_select_and_label_each_component() {
     std::fs::write(&file, serde_yaml_ng::to_string(&cfg).unwrap()).unwrap();
     let out = Command::new(promtool).args(["check", "config"]).arg(&file).output().unwrap();
     assert!(out.status.success(), "promtool check config:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
-fn which(name: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
-        .ok_or(())
 }
