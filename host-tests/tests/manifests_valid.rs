@@ -629,15 +629,10 @@ fn daemonset_runs_the_bootstrap_it_ships() {
                 assert_eq!(get["host"], "127.0.0.1", "{n} {probe}");
                 assert_eq!(get["port"], admin_tcp["port_value"], "{n} {probe}: not Envoy's admin port");
             } else {
-                let ports: Vec<&Value> = boot["static_resources"]["listeners"].as_array().unwrap().iter()
-                    .map(|l| &l["address"]["socket_address"]["port_value"]).collect();
-                assert!(
-                    ports.contains(&&get["port"]),
-                    "{n} {probe}: admin is no longer on TCP ({}); probe a listener's /ready instead of port {}",
-                    boot["admin"]["address"], get["port"]
-                );
+                check_probe_on_listener(&format!("{n} {probe}"), get, &boot);
             }
         }
+        check_admin_socket(n, pod, envoy, &boot);
 
         // Listeners: ${NODE_IP}, and exactly the ports of the containerPorts; each one served by a
         // Service of the overlays applied with this one (apply_together checks the Services).
@@ -658,6 +653,34 @@ fn daemonset_runs_the_bootstrap_it_ships() {
             assert_eq!(s["spec"]["clusterIP"], "None", "{n}: headless");
         }
     }
+}
+
+/// Admin is a Unix socket: the probe asks a listener of the bootstrap (the gate's own, whose
+/// health_check filter answers /ready) on the pod IP, over HTTPS when that listener serves TLS.
+fn check_probe_on_listener(what: &str, get: &Value, boot: &Value) {
+    let listener = boot["static_resources"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["address"]["socket_address"]["port_value"] == get["port"])
+        .unwrap_or_else(|| panic!("{what}: admin is not on TCP ({}); probe a listener's /ready, not port {}", boot["admin"]["address"], get["port"]));
+    assert!(get.get("host").is_none(), "{what}: the listener binds the pod's (node's) IP, the probe's default host");
+    let text = listener.to_string();
+    assert!(text.contains("envoy.filters.http.health_check") && text.contains(get["path"].as_str().unwrap()), "{what}: {} answers no {}", listener["name"], get["path"]);
+    let tls = listener["filter_chains"].as_array().unwrap().iter().any(|c| c["transport_socket"].is_object());
+    assert_eq!(get["scheme"].as_str().unwrap_or("HTTP"), if tls { "HTTPS" } else { "HTTP" }, "{what}: scheme");
+}
+
+/// When the bootstrap serves admin on a Unix socket, its directory is a writable emptyDir of the
+/// pod's own in `container` (Envoy creates the socket; nothing else shares it).
+fn check_admin_socket(n: &str, pod: &Value, container: &Value, boot: &Value) {
+    let Some(socket) = boot.pointer("/admin/address/pipe/path").and_then(Value::as_str) else { return };
+    let dir = socket.rsplit_once('/').unwrap().0;
+    let m = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("{n}: nothing is mounted at {dir}, where Envoy creates its admin socket"));
+    assert_ne!(m["readOnly"], true, "{n}: Envoy must be able to create {socket}");
+    let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
+    assert!(vol["emptyDir"].is_object(), "{n}: {dir} must be an emptyDir of the pod's own");
 }
 
 /// A Kubernetes memory quantity in MiB (the forms used here: Ki, Mi, Gi).
@@ -739,13 +762,6 @@ fn check_prestop(n: &str, pod: &Value, envoy: &Value, boot: &Value) {
     assert_eq!(flag(&args, "--drain-strategy"), Some("immediate"), "{n}: close connections from the drain's start");
     let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
     assert!(drain < limit && limit + 5 <= grace, "{n}: drain {drain} s < limit {limit} s <= grace {grace} s - 5 s");
-    // The socket's directory is a writable emptyDir of its own in the envoy container.
-    let dir = socket.rsplit_once('/').unwrap().0;
-    let m = envoy["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == dir)
-        .unwrap_or_else(|| panic!("{n}: nothing is mounted at {dir}, where Envoy creates its admin socket"));
-    assert_ne!(m["readOnly"], true, "{n}: Envoy must be able to create {socket}");
-    let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
-    assert!(vol["emptyDir"].is_object(), "{n}: {dir} must be an emptyDir of the pod's own");
     match boot.pointer("/admin/address/pipe/path").and_then(Value::as_str) {
         Some(path) => assert_eq!(path, socket, "{n}: the preStop hook must drain through the bootstrap's admin socket"),
         None => eprintln!(
@@ -917,9 +933,14 @@ fn overlays_applied_together_share_no_object_and_no_selector() {
                 let name = cm["name"].as_str().unwrap();
                 assert!(name == "kube-root-ca.crt" || exists("ConfigMap", name), "{set:?}: {d}: no ConfigMap {name}");
             }
-            // Every listener port is scraped through a Service of the set that selects this pod.
+            // Every component port is scraped through a Service of the set that selects this pod
+            // (the probes' port is the gate's own listener: health and the proxy's own counters).
+            let probe_port = &envoy_container(ds)["readinessProbe"]["httpGet"]["port"];
             for port in envoy_container(ds)["ports"].as_array().unwrap() {
                 let p = &port["containerPort"];
+                if p == probe_port {
+                    continue;
+                }
                 assert!(
                     all.iter().any(|s| s["kind"] == "Service"
                         && selects(&s["spec"]["selector"], &ds["spec"]["template"]["metadata"]["labels"])
@@ -981,6 +1002,10 @@ fn sidecar_runs_the_bootstrap_it_ships() {
     assert!(boot["static_resources"]["listeners"].is_array(), "the sidecar bootstrap is not rendered");
     let problems = check_files_provided(objs, pod, envoy, &boot);
     assert!(problems.is_empty(), "examples/sidecar:\n{}", problems.join("\n"));
+    check_admin_socket("examples/sidecar", pod, envoy, &boot);
+    if boot["admin"]["address"]["pipe"].is_object() {
+        check_probe_on_listener("examples/sidecar readinessProbe", &envoy["readinessProbe"]["httpGet"], &boot);
+    }
     let args: Vec<&str> = envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     let config = args.iter().skip_while(|a| **a != "--config-path").nth(1).expect("--config-path");
     assert!(matches!(resolve(objs, pod, envoy, config), Ok(Source::InitWritten)), "nothing writes {config}");
