@@ -77,8 +77,10 @@ def main(src, dst):
         prev = s["t"]
     left = [ti - w for ti, w in zip(t, widths)]
 
-    fig, axes = plt.subplots(4, 1, figsize=(13, 13), sharex=True,
-                             gridspec_kw={"height_ratios": [2.2, 2, 2, 1.4]})
+    breakdown = "heap_allocated_mib" in samples[0]
+    rows = 5 if breakdown else 4
+    fig, axes = plt.subplots(rows, 1, figsize=(13, 15 if breakdown else 13), sharex=True,
+                             gridspec_kw={"height_ratios": [2.2, 2, 2, 1.6, 1.4][:rows]})
 
     # 1. every answer per interval, stacked by class
     ax = axes[0]
@@ -166,8 +168,28 @@ def main(src, dst):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
 
-    # 4. CPU
-    ax = axes[3]
+    # 4. where the growth is
+    if breakdown:
+        ax = axes[3]
+        first = samples[0]
+        ax.plot(t, [s["rss_mib"] - first["rss_mib"] for s in samples], color="#4e79a7", lw=1.5, label="RSS")
+        ax.plot(t, [s["heap_allocated_mib"] - first["heap_allocated_mib"] for s in samples], color="#e15759",
+                lw=1.2, label="heap in use (server.memory_allocated)")
+        ax.plot(t, [s["heap_size_mib"] - first["heap_size_mib"] for s in samples], color="#f28e2b", lw=1,
+                ls="--", label="allocator heap (server.memory_heap_size)")
+        ax.plot(t, [s["rss_anon_mib"] - first["rss_anon_mib"] for s in samples], color="#59a14f", lw=1.2,
+                label="RSS anonymous (heaps, V8 and the filter VMs, stacks)")
+        ax.plot(t, [s["rss_file_mib"] - first["rss_file_mib"] for s in samples], color="#b07aa1", lw=1.2,
+                label="RSS file-backed (Envoy's code pages as first used)")
+        shade(ax, r["episodes"], end)
+        ax.axhline(0, color="#999999", lw=0.6)
+        ax.set_ylabel("MiB since start")
+        ax.set_title("Envoy's memory growth since the first sample, by where it is", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", ncol=2)
+        ax.grid(alpha=0.3)
+
+    # 5. CPU
+    ax = axes[-1]
     ax.plot(t, [s["cpu_pct"] for s in samples], color="#59a14f", lw=1, label="Envoy")
     ax.plot(t, [s.get("harness_cpu_pct", 0) for s in samples], color="#bab0ac", lw=1,
             label="soak harness (scraper, fakes, mock apiserver)")

@@ -355,6 +355,23 @@ fn wasm_stats(envoy: &EnvoyProcess) -> BTreeMap<String, u64> {
     out
 }
 
+/// Envoy's allocator gauges: (`server.memory_allocated`, `server.memory_heap_size`) in MiB.
+fn heap_mib(envoy: &EnvoyProcess) -> (f64, f64) {
+    let mut out = (0.0, 0.0);
+    if let Ok((200, body)) = envoy.admin("GET", "/stats?filter=^server.memory_") {
+        for line in body.lines() {
+            let Some((n, v)) = line.split_once(": ") else { continue };
+            let Ok(v) = v.trim().parse::<f64>() else { continue };
+            match n {
+                "server.memory_allocated" => out.0 = v / 1_048_576.0,
+                "server.memory_heap_size" => out.1 = v / 1_048_576.0,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 fn filter_counters(stats: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     stats
         .iter()
@@ -566,8 +583,13 @@ fn run(cli: Cli) -> Result<bool> {
         for (_, c) in &stack.components {
             c.clear();
         }
+        let (heap_allocated_mib, heap_size_mib) = heap_mib(&stack.envoy);
         let s = Sample {
             t,
+            heap_allocated_mib,
+            heap_size_mib,
+            rss_anon_mib: procfs::status_kib(pid, "RssAnon").unwrap_or(0) as f64 / 1024.0,
+            rss_file_mib: procfs::status_kib(pid, "RssFile").unwrap_or(0) as f64 / 1024.0,
             requests_total: totals.requests,
             rps: interval.requests as f64 / dt,
             rss_mib,
@@ -585,10 +607,11 @@ fn run(cli: Cli) -> Result<bool> {
             interval,
         };
         println!(
-            "[{:>8}] {:>6.1} req/s  RSS {:>6.1} MiB  CPU {:>5.1}%  non-200: {:>3} expected, {} unexpected, {} hung (total {} / {})  TR {} SAR {}  in flight {}  p99 {:.1} ms{}",
+            "[{:>8}] {:>6.1} req/s  RSS {:>6.1} MiB (heap {:.1})  CPU {:>5.1}%  non-200: {:>3} expected, {} unexpected, {} hung (total {} / {})  TR {} SAR {}  in flight {}  p99 {:.1} ms{}",
             report::hms(s.t),
             s.rps,
             s.rss_mib,
+            s.heap_allocated_mib,
             s.cpu_pct,
             s.interval.expected_total(),
             s.interval.unexpected_total(),

@@ -19,6 +19,14 @@ pub struct Sample {
     pub rss_mib: f64,
     /// Envoy's CPU over the interval, in % of one core.
     pub cpu_pct: f64,
+    /// Where Envoy's memory is: bytes its allocator has handed out (`server.memory_allocated`), the
+    /// allocator's heap (`server.memory_heap_size`), and RSS split into anonymous memory (heaps,
+    /// V8 and the filter VMs, stacks) and file pages (the Envoy binary's code and data as they are
+    /// first touched).
+    pub heap_allocated_mib: f64,
+    pub heap_size_mib: f64,
+    pub rss_anon_mib: f64,
+    pub rss_file_mib: f64,
     /// This process (mock apiserver, fake components, scraper), to tell its growth from Envoy's.
     pub harness_rss_mib: f64,
     /// This process's CPU over the interval, in % of one core.
@@ -206,6 +214,30 @@ pub fn markdown(r: &Report) -> String {
             r.rss.slope_mib_per_hour, r.rss.fit_from_s, r.rss.slope_second_half_mib_per_hour
         ),
     );
+    if let (Some(first), Some(last)) = (r.samples.first(), r.samples.last()) {
+        let max = |f: &dyn Fn(&Sample) -> f64| r.samples.iter().map(f).fold(0.0, f64::max);
+        row(
+            &mut s,
+            "RSS anonymous / file-backed, first → last",
+            format!(
+                "{:.1} → {:.1} / {:.1} → {:.1} MiB",
+                first.rss_anon_mib, last.rss_anon_mib, first.rss_file_mib, last.rss_file_mib,
+            ),
+        );
+        row(
+            &mut s,
+            "Envoy heap in use / allocator heap, first → last (max)",
+            format!(
+                "{:.1} → {:.1} ({:.1}) / {:.1} → {:.1} ({:.1}) MiB",
+                first.heap_allocated_mib,
+                last.heap_allocated_mib,
+                max(&|s| s.heap_allocated_mib),
+                first.heap_size_mib,
+                last.heap_size_mib,
+                max(&|s| s.heap_size_mib),
+            ),
+        );
+    }
     row(&mut s, "Envoy CPU (mean / max of 5 s intervals)", format!("{:.1} % / {:.1} % of one core", r.cpu_mean_pct, r.cpu_max_pct));
     row(&mut s, "apiserver callouts", format!("{} TokenReviews, {} SubjectAccessReviews", r.token_reviews, r.subject_access_reviews));
     let c = |n: &str| r.filter_counters.get(n).copied().unwrap_or(0);
