@@ -153,6 +153,7 @@ manifests: build
 # Render every Envoy configuration the repository ships (envoy/examples/, manifests/base/envoy-bootstrap.yaml, the manifests' SDS files).
 render:
     cargo run --locked --quiet -p metrics-gate-envoy --bin metrics-gate-render -- examples --out {{root}}
+    cargo run --locked --quiet -p metrics-gate-envoy --bin metrics-gate-render -- reference > {{root}}/docs/cli.md
     @for d in base examples/sidecar; do \
       cp {{root}}/envoy/examples/sds/sds.yaml {{root}}/envoy/examples/sds/serving-certificate.yaml {{root}}/manifests/$d/; \
     done

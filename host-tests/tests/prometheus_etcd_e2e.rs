@@ -98,8 +98,6 @@ fn localise(bootstrap: &str, files: &[(&str, &Path)], apiserver_port: u16) -> Va
     apiserver["type"] = json!("STATIC");
     apiserver["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
         json!({"socket_address": {"address": "127.0.0.1", "port_value": apiserver_port}});
-    // Admin on a free port: several Envoys may run on this machine.
-    config["admin"]["address"]["socket_address"]["port_value"] = json!(0);
     config
 }
 
@@ -183,11 +181,13 @@ fn prometheus_scrapes_every_component_through_the_shipped_configuration() {
             ("/etc/metrics-gate/credentials", credentials.path()),
             ("/etc/metrics-gate/tls", tls.path()),
             ("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", &cluster_ca),
+            // Admin's Unix socket (the pod's emptyDir), here in the test's directory.
+            ("/var/run/metrics-gate/admin.sock", &dir.join("admin.sock")),
         ],
         apiserver.port(),
     );
     let leftover = config.to_string();
-    assert!(!leftover.contains("/etc/metrics-gate") && !leftover.contains("/var/run/secrets"), "an in-pod path is left");
+    assert!(!leftover.contains("/etc/metrics-gate") && !leftover.contains("/var/run/"), "an in-pod path is left");
     let envoy = EnvoyProcess::start(&config, EnvoyOptions::default()).unwrap();
 
     // Prometheus, as a scraper in the cluster would be set up.
