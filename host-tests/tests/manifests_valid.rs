@@ -1118,11 +1118,13 @@ fn istio_example_mounts_what_its_cluster_reads() {
 
 // ---- Relabeling ---------------------------------------------------------------------------------
 
-const COMPONENTS: [(&str, u16, &str); 4] = [
+/// (target, port, job): the four components, and the gate's own listener (its counters).
+const COMPONENTS: [(&str, u16, &str); 5] = [
     ("kube-controller-manager", 10257, "kube-controller-manager"),
     ("kube-scheduler", 10259, "kube-scheduler"),
     ("kube-proxy", 10249, "kube-proxy"),
     ("etcd", 2381, "kube-etcd"),
+    ("metrics-gate", 9902, "metrics-gate"),
 ];
 
 /// Exactly the labels kube-prometheus-stack's own ServiceMonitors give (job via jobLabel, instance,
@@ -1180,7 +1182,7 @@ fn service_monitors_give_exactly_the_charts_labels() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 5, "4 ServiceMonitors (control-plane) + 1 (all-nodes)");
+    assert_eq!(seen, 7, "4 + the gate's own (control-plane), 1 + the gate's own (all-nodes)");
 }
 
 #[test]
@@ -1189,7 +1191,7 @@ fn plain_prometheus_scrape_configs_select_and_label_each_component() {
         serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("manifests/prometheus/scrape-configs.yaml")).unwrap())
             .unwrap();
     let jobs = cfg["scrape_configs"].as_array().unwrap();
-    assert_eq!(jobs.len(), 4);
+    assert_eq!(jobs.len(), 5);
     for (target, port, job) in COMPONENTS {
         let j = jobs.iter().find(|j| j["job_name"] == job).unwrap_or_else(|| panic!("no job {job}"));
         assert_eq!(j["scheme"], "https");

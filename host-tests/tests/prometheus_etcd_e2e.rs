@@ -115,6 +115,7 @@ fn prometheus_config(ca_file: &Path, token_file: &Path, nobody_token_file: &Path
             "kube-scheduler" => 10259,
             "kube-proxy" => 10249,
             "kube-etcd" => 2381,
+            "metrics-gate" => 9902,
             other => panic!("unexpected job {other} in the shipped scrape configs"),
         };
         let mut job = job.clone();
@@ -214,11 +215,11 @@ fn prometheus_scrapes_every_component_through_the_shipped_configuration() {
 
     // Every target scraped at least once, as Prometheus reports it.
     let mut targets = Vec::new();
-    wait_until("Prometheus to scrape all eight targets", &dir.join("prometheus.log"), Duration::from_secs(60), || {
+    wait_until("Prometheus to scrape all ten targets", &dir.join("prometheus.log"), Duration::from_secs(60), || {
         let Ok(answer) = raw_http::request(web, "GET", "/api/v1/targets?state=active", &[]) else { return false };
         let Ok(body) = serde_json::from_slice::<Value>(&answer.body) else { return false };
         targets = body["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
-        targets.len() == 8 && targets.iter().all(|t| t["health"] != "unknown")
+        targets.len() == 10 && targets.iter().all(|t| t["health"] != "unknown")
     });
     for target in &targets {
         let job = target["labels"]["job"].as_str().unwrap();
@@ -236,19 +237,22 @@ fn prometheus_scrapes_every_component_through_the_shipped_configuration() {
     }
     let mut jobs: Vec<&str> = targets.iter().filter_map(|t| t["labels"]["job"].as_str()).filter(|j| !j.starts_with("unauthorized-")).collect();
     jobs.sort_unstable();
-    assert_eq!(jobs, ["kube-controller-manager", "kube-etcd", "kube-proxy", "kube-scheduler"]);
+    assert_eq!(jobs, ["kube-controller-manager", "kube-etcd", "kube-proxy", "kube-scheduler", "metrics-gate"]);
 
     // And the series are there, with the labels alerts select on.
-    wait_until("up == 1 for the four jobs", &dir.join("prometheus.log"), Duration::from_secs(30), || {
+    wait_until("up == 1 for the five jobs", &dir.join("prometheus.log"), Duration::from_secs(30), || {
         let query = "/api/v1/query?query=sum%20by%20(job)%20(up%7Bjob%21~%22unauthorized.*%22%7D)";
         raw_http::request(web, "GET", query, &[])
             .ok()
             .and_then(|r| serde_json::from_slice::<Value>(&r.body).ok())
             .and_then(|b| b["data"]["result"].as_array().cloned())
-            .is_some_and(|r| r.len() == 4 && r.iter().all(|s| s["value"][1] == "1"))
+            .is_some_and(|r| r.len() == 5 && r.iter().all(|s| s["value"][1] == "1"))
     });
     let etcd_series = raw_http::request(web, "GET", "/api/v1/query?query=etcd_server_has_leader%7Bjob%3D%22kube-etcd%22%7D", &[]).unwrap();
     assert!(etcd_series.text().contains(&format!("\"instance\":\"{NODE_IP}:2381\"")), "{}", etcd_series.text());
+    // The gate's own counters, scraped through the gate like the components.
+    let own = raw_http::request(web, "GET", "/api/v1/query?query=metrics_gate_requests_allowed%7Bjob%3D%22metrics-gate%22%7D", &[]).unwrap();
+    assert!(own.text().contains(&format!("\"instance\":\"{NODE_IP}:9902\"")), "{}", own.text());
     drop(fakes);
     drop(envoy);
 }
