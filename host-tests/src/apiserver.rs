@@ -730,6 +730,9 @@ mod tests;
 /// are 10 s).
 pub const COMPONENT_CACHE_TTL: Duration = Duration::from_secs(10);
 
+/// (token digest, verb, path): what a component's answer is remembered by.
+type DelegatedKey = (String, String, String);
+
 /// The apiserver kube-scheduler and kube-controller-manager delegate to: what they do with a request
 /// on their secure port, as observed on v1.28 (shared/reference component-behaviour):
 /// `--authorization-always-allow-paths` admit a request without credentials even while the
@@ -742,7 +745,7 @@ pub struct DelegatedAuth {
     /// Which component asks (recorded as the caller of its reviews).
     component: String,
     always_allow_paths: Vec<String>,
-    cache: Arc<Mutex<HashMap<(String, String, String), (std::time::Instant, Verdict)>>>,
+    cache: Arc<Mutex<HashMap<DelegatedKey, (std::time::Instant, Verdict)>>>,
 }
 
 impl MockApiserver {
