@@ -18,11 +18,11 @@ pub mod testing;
 
 pub use model::{
     Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, NodeAddress, OwnListener,
-    Preset,
-    Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
+    Preset, Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
 };
 pub use render::{
-    bootstrap, paused_request_bound_ms, render, render_yaml, sds_client_ca, sds_resource, sds_serving_certificate,
+    bootstrap, paused_request_bound_ms, render, render_yaml, sds_client_ca, sds_resource,
+    sds_serving_certificate,
 };
 
 /// The cluster the filter must name in `dispatch_http_call` for its apiserver callouts.

@@ -14,14 +14,14 @@
 //!
 //! Every other path is the filter's 404; nothing else of admin is routed.
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::bootstrap::v3::Admin;
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{address, Address, Pipe};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher};
 use envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 use serde_json::json;
 
 use crate::model::{Component, OwnListener, Stack, UpstreamCredentials, UpstreamTls};
@@ -84,9 +84,9 @@ pub fn listener(stack: &Stack, own: &OwnListener) -> Listener {
         pass_through_mode: Some(BoolValue { value: false }),
         headers: vec![HeaderMatcher {
             name: ":path".into(),
-            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-                exact(HEALTH_PATH),
-            )),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(
+                HEALTH_PATH,
+            ))),
             ..Default::default()
         }],
         ..Default::default()
@@ -94,7 +94,10 @@ pub fn listener(stack: &Stack, own: &OwnListener) -> Listener {
     gated_listener(
         stack,
         &gate,
-        vec![http_filter("envoy.filters.http.health_check", pack_any(health))],
+        vec![http_filter(
+            "envoy.filters.http.health_check",
+            pack_any(health),
+        )],
         Some(OnlyPath {
             path: "/metrics",
             rewrite: "/stats/prometheus",

@@ -16,8 +16,8 @@ use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, http_protocol_options, socket_address, Address,
-    AsyncDataSource, ConfigSource, DataSource, EnvoyInternalAddress, HttpProtocolOptions, Node, PathConfigSource, SocketAddress, TransportSocket,
-    TypedExtensionConfig, WatchedDirectory,
+    AsyncDataSource, ConfigSource, DataSource, EnvoyInternalAddress, HttpProtocolOptions, Node,
+    PathConfigSource, SocketAddress, TransportSocket, TypedExtensionConfig, WatchedDirectory,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -53,10 +53,10 @@ use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
-use crate::own_endpoints;
 use crate::model::{
     Apiserver, ClientCertificates, Component, ListenerTls, Stack, UpstreamCredentials, UpstreamTls,
 };
+use crate::own_endpoints;
 use crate::{
     APISERVER_CLUSTER, CALLOUT_CLUSTER, CLIENT_CA_FILE, CLIENT_CA_SECRET, CREDENTIALS_LISTENER,
     NODE_NAME, PLUGIN_NAME, SDS_FILE, SECRET_NAME, SERVING_CERT_FILE, SERVING_CERT_SECRET,
@@ -448,7 +448,9 @@ pub(crate) fn gated_listener(
         // A request the filter holds (reviews under way) ends within this even if the filter
         // never answers it (a crashed VM): longer than the filter's own bound, two reviews each
         // within the apiserver timeout plus a margin, so normally the filter's 503 comes first.
-        request_timeout: Some(duration(paused_request_bound_ms(filter_apiserver_timeout_ms(c)))),
+        request_timeout: Some(duration(paused_request_bound_ms(
+            filter_apiserver_timeout_ms(c),
+        ))),
         common_http_protocol_options: Some(HttpProtocolOptions {
             // `x_remote_user` is `x-remote-user` to many servers: such names never go upstream.
             headers_with_underscores_action:

@@ -1,10 +1,10 @@
 //! Native unit tests of the rendered shape. That Envoy accepts the result is checked against the
 //! real binary in `tests/envoy_validate.rs`.
 
-use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 #[allow(unused_imports)]
 use crate::model::{OwnListener, OWN_PORT};
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::*;
 
@@ -277,10 +277,10 @@ fn proxy_credentials_are_injected_after_the_filter() {
         assert_eq!(
             filter_names(l),
             [
-            "envoy.filters.http.buffer",
-            "envoy.filters.http.wasm",
-            "envoy.filters.http.router"
-        ]
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.wasm",
+                "envoy.filters.http.router"
+            ]
         );
         let route = &hcm(l)["route_config"]["virtual_hosts"][0]["routes"][0];
         assert_eq!(
@@ -750,7 +750,8 @@ fn the_own_listener_serves_ready_and_the_gated_own_metrics_only() {
     assert_eq!(routes[0]["route"]["prefix_rewrite"], "/stats/prometheus");
     let admin = named(&b["static_resources"]["clusters"], "metrics-gate-admin");
     assert_eq!(
-        admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"],
+        admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+            ["path"],
         "/var/run/metrics-gate/admin.sock"
     );
 }

@@ -9,7 +9,11 @@ fn the_cli_reference_in_docs_matches_the_command_line() {
         .arg("reference")
         .output()
         .expect("metrics-gate-render runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let generated = String::from_utf8(out.stdout).unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
@@ -22,34 +26,83 @@ fn the_cli_reference_in_docs_matches_the_command_line() {
 #[test]
 fn every_command_answers_help_and_bad_arguments_say_what_to_do() {
     let bin = env!("CARGO_BIN_EXE_metrics-gate-render");
-    for args in [vec!["--help"], vec!["bootstrap", "--help"], vec!["sds", "token", "--help"], vec!["cert", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["bootstrap", "--help"],
+        vec!["sds", "token", "--help"],
+        vec!["cert", "--help"],
+    ] {
         let out = Command::new(bin).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: metrics-gate-render"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: metrics-gate-render"),
+            "{args:?}"
+        );
     }
-    let out = Command::new(bin).args(["bootstrap", "--node-ip", "127.0.0.2", "--preset", "kube-schedulr"]).output().unwrap();
+    let out = Command::new(bin)
+        .args([
+            "bootstrap",
+            "--node-ip",
+            "127.0.0.2",
+            "--preset",
+            "kube-schedulr",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("kube-schedulr") && err.contains("kube-scheduler"), "{err}");
-    let out = Command::new(bin).args(["bootstrap", "--node-ip", "127.0.0.2", "--upstream-ca", "/ca.crt"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "--upstream-ca needs --upstream-server-name");
+    assert!(
+        err.contains("kube-schedulr") && err.contains("kube-scheduler"),
+        "{err}"
+    );
+    let out = Command::new(bin)
+        .args([
+            "bootstrap",
+            "--node-ip",
+            "127.0.0.2",
+            "--upstream-ca",
+            "/ca.crt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--upstream-ca needs --upstream-server-name"
+    );
 }
 
 #[test]
 fn cert_writes_files_with_ip_sans() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_metrics-gate-render"))
-        .args(["cert", "--dns", "node-1.example", "--ip", "10.0.0.5", "--ip", "127.0.0.2", "--out-dir"])
+        .args([
+            "cert",
+            "--dns",
+            "node-1.example",
+            "--ip",
+            "10.0.0.5",
+            "--ip",
+            "127.0.0.2",
+            "--out-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for name in ["tls.crt", "tls.key", "ca.crt"] {
         let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert!(text.starts_with("-----BEGIN"), "{name}");
     }
     let mode = std::fs::metadata(dir.path().join("tls.key")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
     // The IP SANs are in the certificate (openssl reads it back).
     let text = Command::new("openssl")
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
@@ -57,5 +110,10 @@ fn cert_writes_files_with_ip_sans() {
         .output()
         .unwrap();
     let sans = String::from_utf8_lossy(&text.stdout);
-    assert!(sans.contains("IP Address:10.0.0.5") && sans.contains("IP Address:127.0.0.2") && sans.contains("DNS:node-1.example"), "{sans}");
+    assert!(
+        sans.contains("IP Address:10.0.0.5")
+            && sans.contains("IP Address:127.0.0.2")
+            && sans.contains("DNS:node-1.example"),
+        "{sans}"
+    );
 }

@@ -163,11 +163,12 @@ impl Record {
     pub fn kept_for(&self, digest: &Digest) -> Vec<u8> {
         match self {
             Record::Ready { digest: d, .. } if d == digest => self.encode(),
-            Record::Pending { digest: d, kept, .. } | Record::Failed { digest: d, kept, .. }
-                if d == digest =>
-            {
-                kept.clone()
+            Record::Pending {
+                digest: d, kept, ..
             }
+            | Record::Failed {
+                digest: d, kept, ..
+            } if d == digest => kept.clone(),
             _ => Vec::new(),
         }
     }
@@ -261,7 +262,8 @@ pub fn stale_answer(
 /// it is `ttl_seconds` (0: never — that reader does not cache).
 pub fn fresh_for_reader(stored_ms: u64, ttl_seconds: u32, now_ms: u64) -> bool {
     // 0 is never, even if the clock stepped back below `stored_ms`.
-    ttl_seconds > 0 && stored_ms.saturating_add(u64::from(ttl_seconds).saturating_mul(1000)) > now_ms
+    ttl_seconds > 0
+        && stored_ms.saturating_add(u64::from(ttl_seconds).saturating_mul(1000)) > now_ms
 }
 
 /// How long a TokenReview answer may be remembered: the configured TTL, but never past the token's

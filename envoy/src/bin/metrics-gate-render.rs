@@ -205,9 +205,7 @@ fn bootstrap(args: BootstrapArgs) -> Result<String, String> {
             .rsplit_once(':')
             .ok_or(format!("--apiserver {v}: want HOST:PORT"))?;
         apiserver.address = host.trim_start_matches('[').trim_end_matches(']').into();
-        apiserver.port = port
-            .parse()
-            .map_err(|e| format!("--apiserver {v}: {e}"))?;
+        apiserver.port = port.parse().map_err(|e| format!("--apiserver {v}: {e}"))?;
     }
     if let Some(sni) = args.apiserver_sni {
         apiserver.sni = sni;
@@ -254,9 +252,11 @@ fn bootstrap(args: BootstrapArgs) -> Result<String, String> {
                 .map(|p| {
                     let mut c = Component::preset(*p, serde_json::json!({}));
                     c.listener_tls = listener_tls.clone();
-                    if let (Some(ca_file), Some(name), UpstreamTls::TlsNoVerify) =
-                        (&args.upstream_ca, &args.upstream_server_name, &c.upstream_tls)
-                    {
+                    if let (Some(ca_file), Some(name), UpstreamTls::TlsNoVerify) = (
+                        &args.upstream_ca,
+                        &args.upstream_server_name,
+                        &c.upstream_tls,
+                    ) {
                         c.upstream_tls = UpstreamTls::TlsVerify {
                             ca_file: ca_file.clone(),
                             sni: name.clone(),
