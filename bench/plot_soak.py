@@ -146,26 +146,40 @@ def main(src, dst):
         ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center")
     ax.grid(axis="y", alpha=0.3)
 
-    # 3. RSS
+    # 3. RSS: total (left) and anonymous (right, what the verdict is on), each with its fit
     ax = axes[2]
-    rss = [s["rss_mib"] for s in samples]
-    ax.plot(t, rss, color="#4e79a7", lw=1.5, label="Envoy RSS")
     rs = r["rss"]
-    pts = [(s["t"], s["rss_mib"]) for s in samples if s["t"] >= rs["fit_from_s"]]
-    f = fit(pts)
-    if f:
-        b, a = f
-        xs = [pts[0][0], pts[-1][0]]
-        ax.plot([x / 60 for x in xs], [a + b * x for x in xs], color="#e15759", ls="--", lw=1,
-                label=f"least-squares fit after {rs['fit_from_s']:.0f} s: {rs['slope_mib_per_hour']:+.2f} MiB/h")
+
+    def with_fit(ax, key, color, label, slope):
+        ys = [s[key] for s in samples]
+        ax.plot(t, ys, color=color, lw=1.5, label=label)
+        pts = [(s["t"], s[key]) for s in samples if s["t"] >= rs["fit_from_s"]]
+        f = fit(pts)
+        if f:
+            b, a = f
+            xs = [pts[0][0], pts[-1][0]]
+            ax.plot([x / 60 for x in xs], [a + b * x for x in xs], color=color, ls="--", lw=1,
+                    label=f"fit after {rs['fit_from_s']:.0f} s: {slope:+.2f} MiB/h")
+        lo, hi = min(ys), max(ys)
+        pad = max(1.0, (hi - lo) * 0.3)
+        ax.set_ylim(lo - pad, hi + pad)
+
+    with_fit(ax, "rss_mib", "#4e79a7", "Envoy RSS (left)", rs["slope_mib_per_hour"])
+    ax.set_ylabel("RSS, MiB")
+    title = f"Envoy RSS: first {rs['first_mib']:.1f}, last {rs['last_mib']:.1f}, max {rs['max_mib']:.1f} MiB"
+    if "rss_anon_mib" in samples[0]:
+        ax2 = ax.twinx()
+        with_fit(ax2, "rss_anon_mib", "#59a14f", "anonymous RSS (right)", rs["anon_slope_mib_per_hour"])
+        ax2.set_ylabel("anonymous RSS, MiB")
+        title += (f" — anonymous: first {rs['anon_first_mib']:.1f}, last {rs['anon_last_mib']:.1f}, "
+                  f"max {rs['anon_max_mib']:.1f} MiB")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right", ncol=2)
+    else:
+        ax.legend(fontsize=8, loc="lower right")
     shade(ax, r["episodes"], end)
-    lo, hi = min(rss), max(rss)
-    pad = max(2.0, (hi - lo) * 0.5)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_ylabel("MiB")
-    ax.set_title(f"Envoy RSS: first {rs['first_mib']:.1f}, last {rs['last_mib']:.1f}, max {rs['max_mib']:.1f} MiB",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
 
     # 4. where the growth is

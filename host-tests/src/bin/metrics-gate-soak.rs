@@ -44,7 +44,7 @@ use soak::report::{self, Event, Listener, Report, Sample};
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The filter's default `apiserver.timeout_ms` (the soak runs the default plugin configuration).
 const APISERVER_TIMEOUT: Duration = Duration::from_millis(5_000);
-/// RSS slopes within this are flat.
+/// Anonymous-RSS slopes within this are flat.
 const FLAT_MIB_PER_HOUR: f64 = 5.0;
 /// The RSS slope is judged only over at least this much time (after the first minute).
 const MIN_RSS_FIT: Duration = Duration::from_secs(600);
@@ -815,14 +815,19 @@ fn run(cli: Cli) -> Result<bool> {
     rss.judged = elapsed - rss.fit_from_s >= MIN_RSS_FIT.as_secs_f64();
     if !rss.judged {
         notes.push(format!(
-            "the RSS slope ({:+.2} MiB/h) is not judged: the run is shorter than {} min after the first minute",
-            rss.slope_mib_per_hour,
+            "the RSS slope (anonymous {:+.2} MiB/h) is not judged: the run is shorter than {} min after the first minute",
+            rss.anon_slope_mib_per_hour,
             MIN_RSS_FIT.as_secs() / 60
         ));
-    } else if rss.slope_mib_per_hour.abs() > FLAT_MIB_PER_HOUR {
+    } else if rss.anon_slope_mib_per_hour.abs() > FLAT_MIB_PER_HOUR {
         problems.push(format!(
-            "Envoy's RSS is not flat: {:+.2} MiB/h after the first minute ({:.1} -> {:.1} MiB, max {:.1})",
-            rss.slope_mib_per_hour, rss.first_mib, rss.last_mib, rss.max_mib
+            "Envoy's anonymous RSS is not flat: {:+.2} MiB/h after the first minute ({:.1} -> {:.1} MiB, max {:.1}; total RSS {:.1} -> {:.1})",
+            rss.anon_slope_mib_per_hour,
+            rss.anon_first_mib,
+            rss.anon_last_mib,
+            rss.anon_max_mib,
+            rss.first_mib,
+            rss.last_mib
         ));
     }
     let crash = metrics_gate_host_tests::adversarial::crash_lines(&stack);
