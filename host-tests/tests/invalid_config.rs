@@ -10,8 +10,8 @@ fn with_plugin_config(stack: &LocalStack, config: &Value) -> Value {
     let mut bootstrap = stack.config.clone();
     let listeners = bootstrap["static_resources"]["listeners"].as_array_mut().unwrap();
     let kube_proxy = listeners.iter_mut().find(|l| l["name"] == Preset::KubeProxy.name()).unwrap();
-    let wasm = &mut kube_proxy["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
-    assert_eq!(wasm["name"], "envoy.filters.http.wasm");
+    let filters = kube_proxy["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut().unwrap();
+    let wasm = filters.iter_mut().find(|f| f["name"] == "envoy.filters.http.wasm").expect("the metrics-gate filter");
     wasm["typed_config"]["config"]["configuration"]["value"] = json!(config.to_string());
     bootstrap
 }
