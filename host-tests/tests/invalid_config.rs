@@ -13,7 +13,10 @@ fn with_plugin_config(stack: &LocalStack, config: &Value) -> Value {
     let filters = kube_proxy["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut().unwrap();
     let wasm = filters.iter_mut().find(|f| f["name"] == "envoy.filters.http.wasm").expect("the metrics-gate filter");
     wasm["typed_config"]["config"]["configuration"]["value"] = json!(config.to_string());
-    bootstrap
+    // Its own admin socket: the running stack's would answer `/ready` for the refused Envoy.
+    let socket = bootstrap["admin"]["address"]["pipe"]["path"].as_str().unwrap().to_owned();
+    let own = format!("{socket}.{}", std::process::id() ^ config.to_string().len() as u32);
+    serde_json::from_str(&bootstrap.to_string().replace(&socket, &own)).unwrap()
 }
 
 #[test]
