@@ -132,7 +132,7 @@ fuzz seconds="60" *targets:
 # Integration tests: the real Envoy with the built .wasm, the mock apiserver and fake components.
 integration: build
     @echo "==> integration tests (real Envoy)"
-    cargo test --locked -p metrics-gate-host-tests --test '*' -- --test-threads 2
+    cargo test --locked -p metrics-gate-host-tests --test integration -- --test-threads 2
 
 # Everything CI runs.
 test: unit test-wasm integration

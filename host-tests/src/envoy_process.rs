@@ -154,18 +154,22 @@ impl EnvoyProcess {
         Ok((out.status.success(), text))
     }
 
-    fn spawn(config: &Value, opts: &EnvoyOptions) -> Result<EnvoyProcess> {
+    /// A base id for the next Envoy this process starts. Hot restart is off, but every Envoy gets
+    /// its own base id anyway, so that nothing shared (shared memory, domain sockets) can ever make
+    /// parallel tests collide.
+    pub fn next_base_id() -> u32 {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100
+    }
+
+    fn spawn(config: &Value, opts: &EnvoyOptions) -> Result<EnvoyProcess> {
         let bin = Self::binary()?;
         let dir = tempfile::Builder::new().prefix("envoy-").tempdir()?;
         let config_path = dir.path().join("envoy.json");
         let log_path = dir.path().join("envoy.log");
         let stderr_path = dir.path().join("stderr.log");
         fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
-        // Hot restart is off, but give every Envoy its own base id anyway, so that nothing shared
-        // (shared memory, domain sockets) can ever make parallel tests collide.
-        let base_id =
-            (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        let base_id = Self::next_base_id();
         let child = Command::new(&bin)
             .arg("-c")
             .arg(&config_path)

@@ -21,12 +21,10 @@
 //! - the ServiceMonitors' and the plain scrape config's relabelings, run through a simulator of
 //!   Prometheus relabeling (and of the Operator's generated relabelings), give exactly job,
 //!   instance (<node IP>:<port>), namespace, service and endpoint: the labels kube-prometheus-stack's
-//!   own scrapes give (host-tests/tests/kube_prometheus_rules.rs runs the chart's rules on them).
+//!   own scrapes give (host-tests/tests/integration/kube_prometheus_rules.rs runs the chart's rules on them).
 
-#[path = "support/kustomize.rs"]
-mod kustomize;
-#[path = "support/relabel.rs"]
-mod relabel;
+use crate::support::kustomize;
+use crate::support::relabel;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -194,7 +192,7 @@ fn check_service_monitor(o: &Value, objs: &[Value]) {
 /// The filter's configuration fields (filter/src/config.rs); the filter refuses others.
 const PLUGIN_FIELDS: &[&str] = &[
     "apiserver", "allowed_paths", "audiences", "authorization", "identity_headers", "retry_after_seconds",
-    "max_token_bytes", "cache", "max_callouts_in_flight", "client_certificates", "forward_caller_credentials",
+    "max_token_bytes", "cache", "max_callouts_in_flight", "max_reviews_per_second", "client_certificates", "forward_caller_credentials",
 ];
 
 fn check_custom(o: &Value, objs: &[Value], envoy_checked: &mut usize) {

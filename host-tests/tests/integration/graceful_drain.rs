@@ -123,7 +123,7 @@ impl NodeEnvoy {
         let child = Command::new(EnvoyProcess::binary().unwrap())
             .arg("-c")
             .arg(&config_path)
-            .args(["--disable-hot-restart", "--base-id", &base_id().to_string()])
+            .args(["--disable-hot-restart", "--base-id", &EnvoyProcess::next_base_id().to_string()])
             .args(["-l", "info", "--log-path"])
             .arg(dir.path().join("envoy.log"))
             .args(&shipped.envoy_args)
@@ -177,12 +177,6 @@ impl Drop for NodeEnvoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A base id of its own for every Envoy of this process (hot restart is off; nothing may collide).
-fn base_id() -> u32 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    (std::process::id() % 100_000) * 100 + 50 + NEXT.fetch_add(1, Ordering::SeqCst) as u32 % 50
 }
 
 /// A component that takes DELAY to answer; counts the requests it has received.

@@ -7,6 +7,7 @@ use metrics_gate_host_tests::stack::{StackOptions, LocalStack, NODE_IP};
 
 #[test]
 fn listeners_on_the_node_ip_share_the_components_ports() {
+    let _ports = crate::support::fixed_ports::hold();
     let stack = LocalStack::start_with(StackOptions { node_ports: true, ..Default::default() }).unwrap();
     let token = stack.prometheus_token();
     for preset in Preset::ALL {

@@ -136,6 +136,7 @@ fn prometheus_config(ca_file: &Path, token_file: &Path, nobody_token_file: &Path
 
 #[test]
 fn prometheus_scrapes_every_component_through_the_shipped_configuration() {
+    let _ports = crate::support::fixed_ports::hold();
     let files = tempfile::tempdir().unwrap();
     let dir = files.path();
     let _etcd = start_etcd(dir);
