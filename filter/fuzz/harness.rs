@@ -535,6 +535,7 @@ pub fn cache_records(data: &[u8]) {
             stored_ms: ttl_seconds.into(),
             expires_ms: now_ms,
             value: value.to_vec(),
+            negative: ttl_seconds.is_multiple_of(2),
         },
         Record::Pending {
             digest,
@@ -561,6 +562,7 @@ pub fn cache_records(data: &[u8]) {
                 expires_ms,
                 value,
                 stored_ms,
+                ..
             }),
             Lookup::Hit {
                 value: v,
@@ -670,11 +672,24 @@ pub fn cache_records(data: &[u8]) {
         assert!(standing_in, "a stale answer that is not the kept one");
     }
 
-    // The slot is inside the table.
+    // The question's two slots are distinct and inside the table.
     for table in [Table::TokenReview, Table::AccessReview] {
-        let key = cache::slot_key(table, &digest, max_entries);
-        let slot = key.rsplit('/').next().and_then(|s| s.parse::<u32>().ok());
-        assert!(slot.is_some_and(|s| s < max_entries.max(1)), "{key}");
+        let keys = cache::slot_keys(table, &digest, max_entries);
+        assert_ne!(keys[0], keys[1]);
+        for key in &keys {
+            let slot = key.rsplit('/').next().and_then(|s| s.parse::<u32>().ok());
+            assert!(slot.is_some_and(|s| s < max_entries.max(2)), "{key}");
+        }
+    }
+
+    // The slot a question takes: the one that holds it, if any; never out of the two.
+    let other = record.as_ref().filter(|r| !r.is_for(&digest));
+    for pair in [[record.as_ref(), other], [other, record.as_ref()], [None, record.as_ref()]] {
+        let chosen = cache::choose_slot(pair, &digest, now_ms);
+        assert!(chosen < 2);
+        if let Some(holding) = pair.iter().position(|r| r.is_some_and(|r| r.is_for(&digest))) {
+            assert_eq!(chosen, holding, "a question must use the slot that holds it");
+        }
     }
 }
 

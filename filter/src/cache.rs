@@ -2,10 +2,12 @@
 //!
 //! Envoy's shared data is one key-value map per process, seen by every worker's VM, with
 //! compare-and-swap; keys can be overwritten but never deleted. So the cache is a fixed table of
-//! `max_entries` slots per kind (TokenReview, SubjectAccessReview): a digest picks the slot, the
-//! record in it carries the full digest, and a newer entry simply replaces an older one. Memory is
-//! bounded by design, whatever the number of distinct tokens. Keys and records hold digests only,
-//! never a token.
+//! `max_entries` slots per kind (TokenReview, SubjectAccessReview). A digest may live in either of
+//! two slots (a 2-way table); the record in a slot carries the full digest. A new question takes
+//! the better victim of its two slots: an empty or dead one first, then a negative answer, and a
+//! live allow last — so a flood of distinct bogus tokens, whose answers are all negative, pushes
+//! out other bogus answers and not an authorized scraper's. Memory is bounded by design, whatever
+//! the number of distinct tokens. Keys and records hold digests only, never a token.
 //!
 //! A slot also coordinates concurrent misses across workers: the first request claims it with a
 //! `Pending` record (CAS) and calls the apiserver; others find `Pending` and wait for the answer.
@@ -53,11 +55,46 @@ pub fn access_review_key(body: &[u8]) -> Digest {
     h.finalize().into()
 }
 
-/// The shared-data key of the slot for `digest`.
-pub fn slot_key(table: Table, digest: &Digest, max_entries: u32) -> String {
-    let [a, b, c, d, ..] = *digest;
-    let slot = u32::from_be_bytes([a, b, c, d]) % max_entries.max(1);
-    format!("{}{slot}", table.prefix())
+/// The shared-data keys of the two slots `digest` may live in (independent bits of the digest
+/// pick them; never the same slot twice).
+pub fn slot_keys(table: Table, digest: &Digest, max_entries: u32) -> [String; 2] {
+    let n = max_entries.max(2);
+    let [a, b, c, d, _, _, _, _, e, f, g, h, ..] = *digest;
+    let first = u32::from_be_bytes([a, b, c, d]) % n;
+    let mut second = u32::from_be_bytes([e, f, g, h]) % n;
+    if second == first {
+        second = (first + 1) % n;
+    }
+    [first, second].map(|slot| format!("{}{slot}", table.prefix()))
+}
+
+/// Which of a question's two slots it uses: the one that holds it already, else the cheaper one to
+/// lose (see `victim_rank`); the first on a tie, so a settled table is read once per request.
+pub fn choose_slot(records: [Option<&Record>; 2], digest: &Digest, now_ms: u64) -> usize {
+    if let Some(index) = records
+        .iter()
+        .position(|r| r.is_some_and(|r| r.digest() == digest))
+    {
+        return index;
+    }
+    let [first, second] = records.map(|r| victim_rank(r, now_ms));
+    usize::from(second < first)
+}
+
+/// How much is lost by replacing `record`: nothing for an empty slot or a dead record, then a
+/// negative answer (a bogus token asked again costs a review, never a scrape), then someone's
+/// review under way, and an allow last — the older one of two allows first.
+fn victim_rank(record: Option<&Record>, now_ms: u64) -> (u8, u64) {
+    match record {
+        None => (0, 0),
+        Some(Record::Ready {
+            expires_ms,
+            negative,
+            ..
+        }) if *expires_ms > now_ms => (if *negative { 1 } else { 3 }, *expires_ms),
+        Some(Record::Pending { lease_until_ms, .. }) if *lease_until_ms > now_ms => (2, 0),
+        Some(_) => (0, 0),
+    }
 }
 
 /// What a slot holds.
@@ -70,6 +107,8 @@ pub enum Record {
         stored_ms: u64,
         expires_ms: u64,
         value: Vec<u8>,
+        /// A rejected token or a denied access: the first to go when the slot is needed.
+        negative: bool,
     },
     /// Someone is asking the apiserver; they own the question until `lease_until_ms`. `kept`: the
     /// expired answer the slot held before (an encoded `Ready`, or empty), kept so it can stand in
@@ -90,6 +129,7 @@ pub enum Record {
 const READY: u8 = 1;
 const PENDING: u8 = 2;
 const FAILED: u8 = 3;
+const READY_NEGATIVE: u8 = 4;
 
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
@@ -99,9 +139,10 @@ impl Record {
                 stored_ms,
                 expires_ms,
                 value,
+                negative,
             } => {
                 let mut out = Vec::with_capacity(49 + value.len());
-                out.push(READY);
+                out.push(if *negative { READY_NEGATIVE } else { READY });
                 out.extend_from_slice(digest);
                 out.extend_from_slice(&expires_ms.to_be_bytes());
                 out.extend_from_slice(&stored_ms.to_be_bytes());
@@ -135,13 +176,14 @@ impl Record {
         let time = u64::from_be_bytes(*time);
         let digest = *digest;
         match tag {
-            READY => {
+            READY | READY_NEGATIVE => {
                 let (stored, value) = value.split_first_chunk::<8>()?;
                 Some(Record::Ready {
                     digest,
                     stored_ms: u64::from_be_bytes(*stored),
                     expires_ms: time,
                     value: value.to_vec(),
+                    negative: tag == READY_NEGATIVE,
                 })
             }
             PENDING => Some(Record::Pending {
@@ -171,6 +213,11 @@ impl Record {
             } if d == digest => kept.clone(),
             _ => Vec::new(),
         }
+    }
+
+    /// Whether this record is about `digest`.
+    pub fn is_for(&self, digest: &Digest) -> bool {
+        self.digest() == digest
     }
 
     fn digest(&self) -> &Digest {
@@ -297,12 +344,14 @@ mod tests {
                 stored_ms: 1,
                 expires_ms: 5,
                 value: b"user".to_vec(),
+                negative: false,
             },
             Record::Ready {
                 digest: D,
                 stored_ms: 1,
                 expires_ms: 5,
                 value: vec![],
+                negative: true,
             },
             Record::Pending {
                 digest: D,
@@ -319,7 +368,7 @@ mod tests {
         }
         assert_eq!(Record::decode(b""), None);
         assert_eq!(Record::decode(&[1; 20]), None);
-        assert_eq!(Record::decode(&[4; 41]), None);
+        assert_eq!(Record::decode(&[5; 41]), None);
     }
 
     #[test]
@@ -328,10 +377,13 @@ mod tests {
         let plain = token_review_key(token, &[]);
         let with_audience = token_review_key(token, &["metrics-gate".to_owned()]);
         assert_ne!(plain, with_audience);
-        let key = slot_key(Table::TokenReview, &plain, 8192);
-        assert!(key.starts_with("metrics-gate/tr/") && !key.contains(token));
-        let slot: u32 = key.trim_start_matches("metrics-gate/tr/").parse().unwrap();
-        assert!(slot < 8192);
+        let keys = slot_keys(Table::TokenReview, &plain, 8192);
+        assert_ne!(keys[0], keys[1]);
+        for key in keys {
+            assert!(key.starts_with("metrics-gate/tr/") && !key.contains(token));
+            let slot: u32 = key.trim_start_matches("metrics-gate/tr/").parse().unwrap();
+            assert!(slot < 8192);
+        }
         assert_ne!(access_review_key(b"{}"), access_review_key(b"{ }"));
     }
 
@@ -342,6 +394,7 @@ mod tests {
             stored_ms: 0,
             expires_ms: 100,
             value: b"v".to_vec(),
+            negative: false,
         };
         assert_eq!(
             stale_answer(Some(&ready), &D, 150, 100),
@@ -387,6 +440,7 @@ mod tests {
             stored_ms: 3,
             expires_ms: 20,
             value: b"v".to_vec(),
+            negative: false,
         };
         assert_eq!(
             lookup(Some(&ready), &D, 10, None),
@@ -450,5 +504,113 @@ mod tests {
             "expires now"
         );
         assert_eq!(token_review_expiry_ms(1_000, 0, None), None, "caching off");
+    }
+
+    fn ready(digest: Digest, expires_ms: u64, negative: bool) -> Record {
+        Record::Ready {
+            digest,
+            stored_ms: 0,
+            expires_ms,
+            value: vec![],
+            negative,
+        }
+    }
+
+    #[test]
+    fn two_slots_of_a_question_are_distinct_even_when_the_digest_bits_agree() {
+        let mut digest = [0; 32];
+        digest[3] = 5;
+        digest[11] = 5;
+        let [first, second] = slot_keys(Table::AccessReview, &digest, 16);
+        assert_eq!(first, "metrics-gate/sar/5");
+        assert_eq!(second, "metrics-gate/sar/6");
+    }
+
+    #[test]
+    fn a_question_uses_the_slot_that_holds_it() {
+        let mine = ready(D, 100, true);
+        let other = ready(OTHER, 100, true);
+        assert_eq!(choose_slot([Some(&other), Some(&mine)], &D, 10), 1);
+        assert_eq!(choose_slot([Some(&mine), None], &D, 10), 0);
+    }
+
+    #[test]
+    fn a_new_question_replaces_dead_then_negative_then_pending_then_the_older_allow() {
+        const THIRD: Digest = [3; 32];
+        let allow = ready(OTHER, 100, false);
+        let older_allow = ready(THIRD, 50, false);
+        let deny = ready(THIRD, 100, true);
+        let dead_allow = ready(THIRD, 5, false);
+        let asking = Record::Pending {
+            digest: THIRD,
+            lease_until_ms: 100,
+            kept: vec![],
+        };
+        let failed = Record::Failed {
+            digest: THIRD,
+            at_ms: 1,
+            kept: vec![],
+        };
+        let now = 10;
+        assert_eq!(choose_slot([Some(&allow), None], &D, now), 1, "empty");
+        assert_eq!(
+            choose_slot([Some(&allow), Some(&dead_allow)], &D, now),
+            1,
+            "expired"
+        );
+        assert_eq!(
+            choose_slot([Some(&allow), Some(&failed)], &D, now),
+            1,
+            "failed"
+        );
+        assert_eq!(
+            choose_slot([Some(&allow), Some(&deny)], &D, now),
+            1,
+            "negative"
+        );
+        assert_eq!(
+            choose_slot([Some(&deny), Some(&allow)], &D, now),
+            0,
+            "negative"
+        );
+        assert_eq!(
+            choose_slot([Some(&allow), Some(&asking)], &D, now),
+            1,
+            "pending"
+        );
+        assert_eq!(choose_slot([Some(&deny), Some(&asking)], &D, now), 0);
+        assert_eq!(
+            choose_slot([Some(&allow), Some(&older_allow)], &D, now),
+            1,
+            "older allow"
+        );
+        assert_eq!(choose_slot([None, None], &D, now), 0, "first on a tie");
+        assert_eq!(choose_slot([Some(&deny), Some(&deny)], &D, now), 0);
+    }
+
+    #[test]
+    fn a_flood_of_negative_answers_never_pushes_out_an_allow() {
+        // A small table: one allow, then a million distinct rejected tokens, each placed as the
+        // engine places them. The allow is still there at the end.
+        let max = 64;
+        let mut table: Vec<Option<Record>> = vec![None; max as usize];
+        let index = |key: &str| -> usize { key.rsplit('/').next().unwrap().parse().unwrap() };
+        let place = |digest: Digest, negative: bool, now: u64, table: &mut Vec<Option<Record>>| {
+            let keys = slot_keys(Table::TokenReview, &digest, max);
+            let slots = keys.each_ref().map(|k| index(k));
+            let chosen = choose_slot(slots.map(|i| table[i].as_ref()), &digest, now);
+            table[slots[chosen]] = Some(ready(digest, now + 1_000_000, negative));
+        };
+        let scraper = token_review_key("the scraper's token", &[]);
+        place(scraper, false, 0, &mut table);
+        for n in 0..1_000_000u32 {
+            place(
+                token_review_key(&format!("bogus-{n}"), &[]),
+                true,
+                1 + u64::from(n),
+                &mut table,
+            );
+        }
+        assert!(table.iter().flatten().any(|r| r.digest() == &scraper));
     }
 }

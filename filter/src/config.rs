@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::fields::Fields;
 
+mod checks;
+use checks::{check_header_name, check_name, check_path, check_resource_attributes};
+
 /// What the filter needs at request time, validated once in `on_configure`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -36,6 +39,9 @@ pub struct Config {
     /// Reviews in flight to the apiserver from the whole node (all workers, all listeners); beyond
     /// it requests get 503 rather than pile onto the apiserver.
     pub max_callouts_in_flight: u32,
+    /// Reviews per second the whole node may send (a token bucket that holds one second's worth);
+    /// 0: no limit. Beyond it a request that needs a review gets 503 (cached answers go on).
+    pub max_reviews_per_second: u32,
     /// Trust a client certificate that the listener verified (CN user, O groups) instead of a
     /// token. Only for listeners whose TLS context verifies client certificates against a CA.
     pub client_certificates: bool,
@@ -107,6 +113,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 5;
 /// Enough for every scraper of a node to be reviewed at once, far below what would worry an apiserver.
 pub const DEFAULT_MAX_CALLOUTS_IN_FLIGHT: u32 = 64;
+/// A node's scrapers need a handful of reviews per token rotation (one TokenReview, one
+/// SubjectAccessReview per listener); 20 a second leaves room for many scrapers and bounds what a
+/// flood of bogus tokens can send to the apiserver.
+pub const DEFAULT_MAX_REVIEWS_PER_SECOND: u32 = 20;
 /// Projected ServiceAccount tokens are about 1 KB; 8 KiB leaves room for large OIDC tokens while
 /// keeping a flood of giant headers from reaching the apiserver.
 pub const DEFAULT_MAX_TOKEN_BYTES: u64 = 8 * 1024;
@@ -148,6 +158,7 @@ struct RawConfig {
     max_token_bytes: Option<u64>,
     cache: CacheConfig,
     max_callouts_in_flight: Option<u64>,
+    max_reviews_per_second: Option<u64>,
     client_certificates: bool,
     forward_caller_credentials: bool,
 }
@@ -203,6 +214,7 @@ impl RawConfig {
                 "max_token_bytes",
                 "cache",
                 "max_callouts_in_flight",
+                "max_reviews_per_second",
                 "client_certificates",
                 "forward_caller_credentials",
             ],
@@ -289,6 +301,7 @@ impl RawConfig {
                 )?,
             },
             max_callouts_in_flight: top.number("max_callouts_in_flight")?,
+            max_reviews_per_second: top.number("max_reviews_per_second")?,
             client_certificates: top.boolean("client_certificates")?.unwrap_or(false),
             forward_caller_credentials: top.boolean("forward_caller_credentials")?.unwrap_or(false),
         })
@@ -415,6 +428,12 @@ impl RawConfig {
             DEFAULT_MAX_CALLOUTS_IN_FLIGHT,
             1..=1024,
         )?;
+        let max_reviews_per_second = within(
+            "max_reviews_per_second",
+            self.max_reviews_per_second,
+            DEFAULT_MAX_REVIEWS_PER_SECOND,
+            0..=100_000,
+        )?;
 
         Ok(Config {
             apiserver_cluster,
@@ -429,6 +448,7 @@ impl RawConfig {
             max_token_bytes,
             cache: self.cache,
             max_callouts_in_flight,
+            max_reviews_per_second,
             client_certificates: self.client_certificates,
             forward_caller_credentials: self.forward_caller_credentials,
         })
@@ -494,239 +514,5 @@ impl RawIdentityHeaders {
     }
 }
 
-fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(problem(
-            field,
-            format!(
-                "must be 1-253 characters of [A-Za-z0-9-._:] (got {})",
-                quoted(value)
-            ),
-        ))
-    }
-}
-
-/// Allowed paths are matched byte for byte against the request path, so only canonical spellings
-/// make sense: anything else could never match, which is a configuration mistake worth reporting.
-fn check_path(field: &str, path: &str) -> Result<(), ConfigError> {
-    let why = if !path.starts_with('/') {
-        "must start with \"/\""
-    } else if path.len() > 256 {
-        "must be at most 256 bytes"
-    } else if path.contains("//") {
-        "must not contain \"//\""
-    } else if path.split('/').any(|s| s == "." || s == "..") {
-        "must not contain \".\" or \"..\" segments"
-    } else if !path.bytes().all(is_plain_path_byte) {
-        "may only contain letters, digits and - . _ ~ / (no query, \"%\" escapes or \";\" parameters)"
-    } else {
-        return Ok(());
-    };
-    Err(problem(field, format!("{why} (got {})", quoted(path))))
-}
-
-pub(crate) fn is_plain_path_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~/".contains(&b)
-}
-
-fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok {
-        return Err(problem(
-            field,
-            format!(
-                "must be a lowercase header name of [a-z0-9-] (got {})",
-                quoted(name)
-            ),
-        ));
-    }
-    if matches!(
-        name,
-        "authorization" | "host" | "cookie" | "content-length" | "transfer-encoding"
-    ) {
-        return Err(problem(field, format!("{} is reserved", quoted(name))));
-    }
-    Ok(())
-}
-
-fn check_resource_attributes(attrs: &ResourceAttributes) -> Result<(), ConfigError> {
-    const FIELD: &str = "authorization.resource_attributes";
-    if attrs.resource.is_empty() {
-        return Err(problem(
-            format!("{FIELD}.resource"),
-            "is required when resource_attributes is set",
-        ));
-    }
-    let fields = [
-        ("namespace", &attrs.namespace),
-        ("api_group", &attrs.api_group),
-        ("api_version", &attrs.api_version),
-        ("resource", &attrs.resource),
-        ("subresource", &attrs.subresource),
-        ("name", &attrs.name),
-    ];
-    for (name, value) in fields {
-        let ok = value.len() <= 253
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-        if !ok {
-            return Err(problem(
-                format!("{FIELD}.{name}"),
-                format!(
-                    "must be at most 253 characters of [A-Za-z0-9-._] (got {})",
-                    quoted(value)
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    // Under wasm32-unknown-unknown the same tests run in Node.js through wasm-bindgen-test.
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    fn err(json: &str) -> ConfigError {
-        match Config::parse(json.as_bytes()) {
-            Ok(c) => unreachable!("expected an error, got {c:?}"),
-            Err(e) => e,
-        }
-    }
-
-    #[test]
-    fn empty_configuration_means_defaults() {
-        for input in ["", "  ", "{}"] {
-            let c = Config::parse(input.as_bytes()).unwrap();
-            assert_eq!(c.allowed_paths, vec!["/metrics"]);
-            assert_eq!(c.apiserver_cluster, DEFAULT_APISERVER_CLUSTER);
-            assert_eq!(c.apiserver_timeout_ms, DEFAULT_TIMEOUT_MS);
-            assert!(c.audiences.is_empty());
-            assert!(c.resource_attributes.is_none());
-            assert!(c.identity_headers.is_none());
-            assert_eq!(c.cache, CacheConfig::default());
-            assert_eq!(c.max_callouts_in_flight, DEFAULT_MAX_CALLOUTS_IN_FLIGHT);
-        }
-    }
-
-    #[test]
-    fn full_configuration_is_read() {
-        let c = Config::parse(
-            br#"{"apiserver":{"cluster":"api","authority":"kubernetes","timeout_ms":2000},
-                "allowed_paths":["/metrics","/metrics/slis"],"audiences":["metrics-gate"],
-                "authorization":{"resource_attributes":{"namespace":"kube-system","resource":"services","subresource":"proxy","name":"kube-scheduler"}},
-                "identity_headers":{"enabled":true},"retry_after_seconds":2,"max_token_bytes":4096}"#,
-        )
-        .unwrap();
-        assert_eq!(c.apiserver_cluster, "api");
-        assert_eq!(c.allowed_paths.len(), 2);
-        assert_eq!(c.resource_attributes.unwrap().subresource, "proxy");
-        assert_eq!(c.identity_headers.unwrap().user, "x-remote-user");
-        assert_eq!(c.max_token_bytes, 4096);
-    }
-
-    #[test]
-    fn unknown_fields_are_refused_with_their_name() {
-        let e = err(r#"{"allowed_path":["/metrics"]}"#);
-        assert_eq!(e.field, "configuration");
-        assert!(e.problem.contains("unknown field `allowed_path`"), "{e}");
-        assert!(err(r#"{"apiserver":{"clustr":"x"}}"#)
-            .problem
-            .contains("clustr"));
-    }
-
-    #[test]
-    fn bad_values_name_the_field() {
-        assert_eq!(err(r#"{"allowed_paths":[]}"#).field, "allowed_paths");
-        assert_eq!(
-            err(r#"{"allowed_paths":["/metrics","metrics"]}"#).field,
-            "allowed_paths[1]"
-        );
-        assert_eq!(
-            err(r#"{"allowed_paths":["/metrics","/metrics"]}"#).field,
-            "allowed_paths[1]"
-        );
-        for bad in [
-            "/metrics?x",
-            "/a//b",
-            "/metrics/../x",
-            "/%6detrics",
-            "/metrics;x",
-        ] {
-            assert_eq!(
-                err(&format!(r#"{{"allowed_paths":["{bad}"]}}"#)).field,
-                "allowed_paths[0]",
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            err(r#"{"apiserver":{"timeout_ms":0}}"#).field,
-            "apiserver.timeout_ms"
-        );
-        assert_eq!(
-            err(r#"{"apiserver":{"cluster":""}}"#).field,
-            "apiserver.cluster"
-        );
-        assert_eq!(err(r#"{"audiences":[""]}"#).field, "audiences[0]");
-        assert_eq!(
-            err(r#"{"authorization":{"resource_attributes":{"namespace":"x"}}}"#).field,
-            "authorization.resource_attributes.resource"
-        );
-        assert_eq!(
-            err(r#"{"identity_headers":{"enabled":true,"user":"X-Remote-User"}}"#).field,
-            "identity_headers.user"
-        );
-        assert_eq!(
-            err(r#"{"identity_headers":{"user":"x-user"}}"#).field,
-            "identity_headers"
-        );
-        assert_eq!(
-            err(r#"{"retry_after_seconds":0}"#).field,
-            "retry_after_seconds"
-        );
-        assert_eq!(err(r#"{"max_token_bytes":1}"#).field, "max_token_bytes");
-        assert_eq!(
-            err(r#"{"cache":{"deny_ttl_seconds":100000}}"#).field,
-            "cache.deny_ttl_seconds"
-        );
-        assert_eq!(
-            err(r#"{"cache":{"max_entries":1}}"#).field,
-            "cache.max_entries"
-        );
-        assert_eq!(
-            err(r#"{"cache":{"stale_allow_seconds":86400}}"#).field,
-            "cache.stale_allow_seconds"
-        );
-        assert!(err(r#"{"cache":{"ttl":1}}"#)
-            .problem
-            .contains("unknown field `ttl`"));
-        assert_eq!(
-            err(r#"{"max_callouts_in_flight":0}"#).field,
-            "max_callouts_in_flight"
-        );
-        assert_eq!(err("[1]").field, "configuration");
-    }
-
-    #[test]
-    fn the_error_reads_as_one_line() {
-        let e = err(r#"{"allowed_paths":["metrics"]}"#);
-        assert_eq!(
-            e.to_string(),
-            "invalid plugin configuration: allowed_paths[0]: must start with \"/\" (got \"metrics\")"
-        );
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ pub mod header_map;
 pub mod identity_headers;
 pub mod jwt;
 pub mod metrics;
+pub mod rate;
 pub mod reply;
 pub mod review;
 mod text;

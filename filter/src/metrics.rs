@@ -36,6 +36,8 @@ pub const COALESCED_WAITS: &str = "metrics_gate_coalesced_waits";
 pub const CACHE_EVICTIONS: &str = "metrics_gate_cache_evictions";
 /// Requests refused because the node already had `max_callouts_in_flight` reviews under way.
 pub const CAP_REJECTIONS: &str = "metrics_gate_callouts_rejected_cap";
+/// Requests refused because the node had spent its `max_reviews_per_second`.
+pub const RATE_REJECTIONS: &str = "metrics_gate_callouts_rejected_rate";
 /// Allow answers served past their TTL while the apiserver could not be asked
 /// (`cache.stale_allow_seconds`).
 pub const STALE_ANSWERS: &str = "metrics_gate_stale_answers";

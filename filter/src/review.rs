@@ -116,6 +116,14 @@ impl Answer {
         }
     }
 
+    /// A rejected token or a denied access: the cache gives these up first.
+    pub fn is_negative(&self) -> bool {
+        matches!(
+            self,
+            Answer::Token(Authentication::Rejected) | Answer::Access(false)
+        )
+    }
+
     /// Compact form for the cache (no token is ever part of an answer).
     pub fn encode(&self) -> Vec<u8> {
         match self {

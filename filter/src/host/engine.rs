@@ -46,6 +46,8 @@ pub struct RequestState {
     waiting_since_ms: Option<u64>,
     /// This request claimed the question's slot (and must release it if it goes away).
     owns_slot: bool,
+    /// The slot of the question it asks (of the two a question may use): its answer goes there.
+    slot_key: String,
     lease: Option<CalloutLease>,
     /// When the question it is paused on must have been answered; past it the timer answers 503.
     deadline_ms: u64,
@@ -66,6 +68,7 @@ impl RequestState {
             now_ms,
             waiting_since_ms: None,
             owns_slot: false,
+            slot_key: String::new(),
             lease: None,
             deadline_ms: u64::MAX,
             stale: None,
@@ -147,7 +150,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
     state.stale = None;
     // Two rounds: a lost race for the slot is settled by reading it again.
     for _ in 0..2 {
-        let slot = Slot::read(callout.table, &callout.key, max);
+        let slot = Slot::find(callout.table, &callout.key, max, now);
         if stale_ms > 0 {
             state.stale = slot
                 .stale(&callout.key, now, stale_ms)
@@ -178,6 +181,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                 // claiming the slot, so that answer stays (see `on_callout_answer`).
                 Some(_) => {
                     shared.metrics.count_cache(false);
+                    state.slot_key = slot.key;
                     return dispatch(id, state, callout, now);
                 }
                 // Unreadable (written by another version of the filter?): ask again.
@@ -219,6 +223,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                     shared.metrics.count_eviction();
                 }
                 state.owns_slot = true;
+                state.slot_key = slot.key;
                 state.kept = kept;
                 return dispatch(id, state, callout, now);
             }
@@ -234,6 +239,14 @@ fn lease_ms(timeout_ms: u64) -> u64 {
 fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> Asked {
     let shared = Rc::clone(&state.shared);
     let config = &shared.config;
+    if !shared::take_review_budget(config.max_reviews_per_second, now) {
+        shared.metrics.count_rate_rejection();
+        give_up_slot(state, &callout, now);
+        return Asked::Answer(Err(ApiserverTrouble(format!(
+            "this node already sent {} reviews in the last second (max_reviews_per_second)",
+            config.max_reviews_per_second
+        ))));
+    }
     let [_, _, _, _, a, b, c, d, ..] = callout.key;
     let start = u32::from_be_bytes([a, b, c, d]);
     let Some(lease) = shared::acquire_callout(
@@ -295,12 +308,7 @@ fn give_up_slot(state: &mut RequestState, callout: &Callout, now: u64) {
             at_ms: now,
             kept: std::mem::take(&mut state.kept),
         };
-        Slot::overwrite(
-            callout.table,
-            &callout.key,
-            state.shared.config.cache.max_entries,
-            &failed,
-        );
+        Slot::overwrite(&state.slot_key, &failed);
     }
 }
 
@@ -342,6 +350,7 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
                 stored_ms: now,
                 expires_ms,
                 value: a.encode(),
+                negative: a.is_negative(),
             }),
             // Not cacheable: release the waiters with a fresh "ask again" — a Failed record older
             // than nobody, so they ask themselves.
@@ -358,12 +367,7 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
         }),
     };
     if let Some(record) = record {
-        Slot::overwrite(
-            callout.table,
-            &callout.key,
-            config.cache.max_entries,
-            &record,
-        );
+        Slot::overwrite(&state.slot_key, &record);
     }
     let answer = or_stale(&mut state, answer);
     let step = state.gate.on_answer(&state.shared.config, answer);

@@ -37,6 +37,7 @@ struct Metrics {
     coalesced: u32,
     evictions: u32,
     cap_rejections: u32,
+    rate_rejections: u32,
     stale: u32,
     in_flight: u32,
 }
@@ -60,6 +61,7 @@ impl Metrics {
             coalesced: define(abi::COUNTER, metrics::COALESCED_WAITS)?,
             evictions: define(abi::COUNTER, metrics::CACHE_EVICTIONS)?,
             cap_rejections: define(abi::COUNTER, metrics::CAP_REJECTIONS)?,
+            rate_rejections: define(abi::COUNTER, metrics::RATE_REJECTIONS)?,
             stale: define(abi::COUNTER, metrics::STALE_ANSWERS)?,
             in_flight: define(abi::GAUGE, metrics::CALLOUTS_IN_FLIGHT)?,
         })
@@ -94,6 +96,10 @@ impl Metrics {
 
     fn count_cap_rejection(&self) {
         let _ = abi::increment_metric(self.cap_rejections, 1);
+    }
+
+    fn count_rate_rejection(&self) {
+        let _ = abi::increment_metric(self.rate_rejections, 1);
     }
 
     fn count_stale(&self) {

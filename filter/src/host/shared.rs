@@ -6,20 +6,36 @@
 use super::abi::{self, HostError};
 
 use crate::cache::{self, Digest, Lookup, Record, Table};
+use crate::rate::{self, Bucket};
 
-/// The slot for a question, and what it currently holds.
+/// The slot a question uses, and what it currently holds.
 pub struct Slot {
-    key: String,
+    pub key: String,
     record: Option<Record>,
     cas: u32,
 }
 
 impl Slot {
-    pub fn read(table: Table, digest: &Digest, max_entries: u32) -> Slot {
-        let key = cache::slot_key(table, digest, max_entries);
+    fn read(key: String) -> Slot {
         let (bytes, cas) = abi::shared_data(&key).unwrap_or((None, 0));
         let record = bytes.as_deref().and_then(Record::decode);
         Slot { key, record, cas }
+    }
+
+    /// The one of the question's two slots it uses (`cache::choose_slot`). A question found in its
+    /// first slot, the usual case for a warm answer, costs one read.
+    pub fn find(table: Table, digest: &Digest, max_entries: u32, now_ms: u64) -> Slot {
+        let [first_key, second_key] = cache::slot_keys(table, digest, max_entries);
+        let first = Slot::read(first_key);
+        if first.record.as_ref().is_some_and(|r| r.is_for(digest)) {
+            return first;
+        }
+        let second = Slot::read(second_key);
+        let records = [first.record.as_ref(), second.record.as_ref()];
+        match cache::choose_slot(records, digest, now_ms) {
+            0 => first,
+            _ => second,
+        }
     }
 
     pub fn lookup(&self, digest: &Digest, now_ms: u64, waiting_since_ms: Option<u64>) -> Lookup {
@@ -43,11 +59,35 @@ impl Slot {
         abi::set_shared_data(&self.key, &record.encode(), self.cas)
     }
 
-    /// Writes `record` whatever the slot holds (answers are final; a lost race costs nothing).
-    pub fn overwrite(table: Table, digest: &Digest, max_entries: u32, record: &Record) {
-        let key = cache::slot_key(table, digest, max_entries);
-        let _ = abi::set_shared_data(&key, &record.encode(), 0);
+    /// Writes `record` into slot `key` whatever it holds (answers are final; a lost race costs
+    /// nothing).
+    pub fn overwrite(key: &str, record: &Record) {
+        let _ = abi::set_shared_data(key, &record.encode(), 0);
     }
+}
+
+const REVIEW_BUDGET_KEY: &str = "metrics-gate/review-budget";
+
+/// Takes one review from the node's budget of `per_second` (0: no limit). `false`: spent.
+pub fn take_review_budget(per_second: u32, now_ms: u64) -> bool {
+    if per_second == 0 {
+        return true;
+    }
+    // Other workers take from the same bucket: a lost compare-and-swap is read again. After a few
+    // lost rounds the review is refused, as when the budget is spent (fail closed).
+    for _ in 0..4 {
+        let Ok((bytes, cas)) = abi::shared_data(REVIEW_BUDGET_KEY) else {
+            return false;
+        };
+        let stored = bytes.as_deref().and_then(Bucket::decode);
+        let Some(next) = rate::take(stored, per_second, now_ms) else {
+            return false;
+        };
+        if abi::set_shared_data(REVIEW_BUDGET_KEY, &next.encode(), cas).is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 /// A lease on one of the node's `cap` callout slots.
