@@ -162,18 +162,22 @@ render:
 demo: build
     cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-demo
 
-# Benchmarks, not part of the tests: metrics-gate against bare Envoy and the seed's HAProxy with wrk
-# on loopback (see BENCHMARKS.md). Refreshes bench/results/ and the results in BENCHMARKS.md;
-# `just bench --quick` is a smoke run (about a minute) that writes to target/bench-quick/ only.
+# Benchmarks, not part of the tests: metrics-gate against bare Envoy, a do-nothing wasm filter and
+# the seed's HAProxy with wrk on loopback (see BENCHMARKS.md). Refreshes bench/results/ and the
+# results in BENCHMARKS.md; `just bench --quick` is a smoke run (a few minutes) that writes to
+# target/bench-quick/ only.
 bench *args: build
     #!/usr/bin/env bash
     set -euo pipefail
     missing=""
-    for tool in wrk haproxy taskset; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+    for tool in wrk haproxy taskset wasm-as; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
     if [ -n "$missing" ]; then
-      echo "==> installing wrk and haproxy (Debian)"
-      apt-get update -qq && apt-get install -y -qq wrk haproxy util-linux
+      echo "==> installing wrk, haproxy and binaryen (Debian)"
+      apt-get update -qq && apt-get install -y -qq wrk haproxy util-linux binaryen
     fi
+    # Setup f, the floor: a wasm filter that does nothing, exporting only the callbacks the filter uses.
+    mkdir -p {{root}}/target/bench
+    wasm-as {{root}}/bench/floor.wat -o {{root}}/target/bench/floor.wasm
     if ! {{root}}/.venv/bin/python -c "import matplotlib" 2>/dev/null; then
       echo "==> installing matplotlib into .venv"
       {{root}}/.venv/bin/pip install -q "matplotlib==3.11.2"
@@ -183,7 +187,7 @@ bench *args: build
       *) out={{root}}/bench/results; doc=(--doc {{root}}/BENCHMARKS.md) ;;
     esac
     MG_BENCH_COMMAND="just bench {{args}}" cargo run --locked -q -p metrics-gate-host-tests \
-      --bin metrics-gate-bench -- --out "$out" "${doc[@]}" {{args}}
+      --bin metrics-gate-bench -- --out "$out" --floor-wasm {{root}}/target/bench/floor.wasm "${doc[@]}" {{args}}
     {{root}}/.venv/bin/python {{root}}/bench/plot.py "$out/results.json" "$out/results.png"
     echo "==> $out/results.png"
 
