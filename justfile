@@ -24,8 +24,6 @@ build:
     @echo "==> building the filter for wasm32-wasip1"
     cargo build --locked -p metrics-gate-filter --target wasm32-wasip1 --release
     cargo build --locked -p metrics-gate-filter --target wasm32-wasip1 --release --features fault-injection --target-dir target/fault-injection
-    @echo "==> dropping the proxy-wasm callbacks the filter does not use"
-    @python3 {{root}}/scripts/strip-unused-exports.py {{wasm}} {{wasm}}.lean && mv {{wasm}}.lean {{wasm}}
     @if command -v wasm-opt >/dev/null; then \
       echo "==> shrinking with wasm-opt -Oz ($(stat -c %s {{wasm}}) bytes before)"; \
       wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \

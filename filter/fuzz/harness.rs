@@ -684,11 +684,21 @@ pub fn cache_records(data: &[u8]) {
 
     // The slot a question takes: the one that holds it, if any; never out of the two.
     let other = record.as_ref().filter(|r| !r.is_for(&digest));
-    for pair in [[record.as_ref(), other], [other, record.as_ref()], [None, record.as_ref()]] {
+    for pair in [
+        [record.as_ref(), other],
+        [other, record.as_ref()],
+        [None, record.as_ref()],
+    ] {
         let chosen = cache::choose_slot(pair, &digest, now_ms);
         assert!(chosen < 2);
-        if let Some(holding) = pair.iter().position(|r| r.is_some_and(|r| r.is_for(&digest))) {
-            assert_eq!(chosen, holding, "a question must use the slot that holds it");
+        if let Some(holding) = pair
+            .iter()
+            .position(|r| r.is_some_and(|r| r.is_for(&digest)))
+        {
+            assert_eq!(
+                chosen, holding,
+                "a question must use the slot that holds it"
+            );
         }
     }
 }

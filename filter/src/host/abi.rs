@@ -1,19 +1,9 @@
-//! The proxy-wasm host calls the filter makes, declared here rather than taken from the SDK's
-//! `hostcalls`, because those cannot be trusted not to trap the VM: they `panic!` on any status
-//! they do not expect, and the String-returning ones `unwrap()` UTF-8 (a header value such as
-//! `caf\xE9` then stopped every listener of the worker). Here every status is a plain `u32`
+//! The proxy-wasm host calls the filter makes (ABI 0.2.1), declared here rather than taken from
+//! the SDK's `hostcalls`, because those cannot be trusted not to trap the VM: they `panic!` on any
+//! status they do not expect, and the String-returning ones `unwrap()` UTF-8 (a header value such
+//! as `caf\xE9` then stopped every listener of the worker). Here every status is a plain `u32`
 //! (never an enum the host could put an unknown value in), every buffer is bytes, and every
 //! failure is the caller's to handle — which the filter always does by keeping the gate shut.
-//!
-//! What is still the SDK's, and why that cannot trap (read in proxy-wasm 0.2.5):
-//! - `dispatch_http_call`: it must register the callout token with the SDK's dispatcher, which
-//!   routes the answer. It panics only on statuses other than Ok, BadArgument and
-//!   InternalFailure, and Envoy's `httpCall` returns no others.
-//! - the dispatcher (`proxy_on_*` exports): it panics on context ids and callout tokens Envoy never
-//!   made, and when `create_http_context` returns `None` — which ours never does.
-//! - the logger: `proxy_log` answers Ok for every level the `log` crate has.
-
-#![allow(clashing_extern_declarations)] // The SDK declares the same imports with enum types.
 
 use std::ptr::{null, null_mut};
 use std::time::Duration;
@@ -94,6 +84,19 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
 }
 
 fn status(code: u32) -> Result<(), HostError> {
@@ -105,7 +108,7 @@ fn status(code: u32) -> Result<(), HostError> {
 }
 
 /// Takes ownership of a buffer the host allocated in the VM (through the SDK's
-/// `proxy_on_memory_allocate`, which hands out exactly `size` bytes).
+/// `exports::proxy_on_memory_allocate`, which hands out exactly `size` bytes).
 ///
 /// # Safety
 /// `data`/`size` must be what a host call just returned.
@@ -253,4 +256,40 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), HostError> {
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     status(unsafe { proxy_record_metric(id, value) })
+}
+
+pub const LOG_WARN: u32 = 3;
+pub const LOG_ERROR: u32 = 4;
+
+pub fn log(level: u32, message: &str) -> Result<(), HostError> {
+    status(unsafe { proxy_log(level, message.as_ptr(), message.len()) })
+}
+
+/// Sends a request to the Envoy cluster `upstream`; its answer comes to
+/// `exports::proxy_on_http_call_response` with the token returned here.
+pub fn http_call(
+    upstream: &str,
+    headers: &[u8],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    // An empty serialized map: a count of zero.
+    let trailers = 0u32.to_le_bytes();
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0;
+    status(unsafe {
+        proxy_http_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })
+    .map(|()| token)
 }

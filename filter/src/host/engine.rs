@@ -16,6 +16,7 @@ use super::shared::{self, CalloutLease, Slot};
 use super::Shared;
 use crate::cache::{self, Lookup, Record};
 use crate::gate::{Callout, Gate, Step};
+use crate::header_map;
 use crate::reply::{Outcome, Reply};
 use crate::review::{Answer, ApiserverTrouble};
 
@@ -262,20 +263,18 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
             config.max_callouts_in_flight
         ))));
     };
-    let headers = vec![
-        (":method", "POST"),
-        (":path", callout.path),
-        (":authority", config.apiserver_authority.as_str()),
-        ("content-type", "application/json"),
-        ("accept", "application/json"),
-    ];
+    let headers = header_map::serialize([
+        (&b":method"[..], &b"POST"[..]),
+        (b":path", callout.path.as_bytes()),
+        (b":authority", config.apiserver_authority.as_bytes()),
+        (b"content-type", b"application/json"),
+        (b"accept", b"application/json"),
+    ]);
     let timeout = Duration::from_millis(config.apiserver_timeout_ms);
-    // The SDK's call, not `abi`'s: the SDK must register the token to route the answer back.
-    match proxy_wasm::hostcalls::dispatch_http_call(
+    match abi::http_call(
         &config.apiserver_cluster,
-        headers,
-        Some(&callout.body(config)),
-        vec![],
+        &headers,
+        &callout.body(config),
         timeout,
     ) {
         Ok(token) => {
@@ -386,9 +385,12 @@ fn or_stale(
     match state.stale.take() {
         Some((stale, until)) if abi::now_ms() < until => {
             state.shared.metrics.count_stale();
-            log::warn!(
-                "metrics-gate: serving a cached allow past its TTL (cache.stale_allow_seconds): {}",
-                trouble.0
+            super::log(
+                abi::LOG_WARN,
+                &format!(
+                    "metrics-gate: serving a cached allow past its TTL (cache.stale_allow_seconds): {}",
+                    trouble.0
+                ),
             );
             Ok(stale)
         }
@@ -483,7 +485,10 @@ fn reply_headers(reply: &Reply) -> Vec<u8> {
 fn send_reply(shared: &Shared, reply: &Reply) {
     shared.metrics.count(reply.outcome);
     if let Some(detail) = &reply.log_detail {
-        log::warn!("metrics-gate: answering {}: {detail}", reply.status);
+        super::log(
+            abi::LOG_WARN,
+            &format!("metrics-gate: answering {}: {detail}", reply.status),
+        );
     }
     let sent = abi::send_local_response(reply.status, &reply_headers(reply), reply.body.as_bytes());
     if sent.is_err() {

@@ -1,20 +1,21 @@
-//! The only code that talks to Envoy. `engine` carries requests through the pure `Gate`; `shared`
-//! is the node-wide cache and callout cap in Envoy's shared data; this module holds the contexts
-//! Envoy creates and the counters.
+//! The only code that talks to Envoy. `exports` is what Envoy calls (the proxy-wasm ABI's
+//! `proxy_on_*` functions) and the contexts they name; `abi` is what the filter calls in Envoy;
+//! `engine` carries requests through the pure `Gate`; `shared` is the node-wide cache, review
+//! budget and callout cap in Envoy's shared data; this module configures a plugin, starts a
+//! request, and holds the counters.
 //!
-//! Host calls go through `abi` (bytes in, statuses out, nothing that can trap) rather than the
-//! SDK's helpers, which `unwrap()` or `panic!`: here every failure is handled, and always by
-//! keeping the gate shut. The SDK still provides the contexts and the callback dispatch.
+//! No proxy-wasm SDK: both directions of the ABI are written here, bytes in, statuses out, with
+//! nothing that can trap. The SDK's helpers `unwrap()` or `panic!` on host input (a header value
+//! such as `caf\xE9` once stopped every listener of a worker), its dispatcher panics on context
+//! ids and callout tokens it does not know, and it was an eighth of the .wasm, which ships in a
+//! ConfigMap (docs/reliability.md).
 
 mod abi;
 mod engine;
+mod exports;
 mod shared;
 
 use std::rc::Rc;
-use std::time::Duration;
-
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Config;
 use crate::gate::RequestHead;
@@ -23,10 +24,11 @@ use crate::metrics;
 use crate::reply::{Outcome, Reply};
 use engine::{Phase, RequestState, Verdict};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Plugin { id, shared: None }) });
-}}
+/// A line in Envoy's log (errors are what the operator sees when a configuration is refused).
+fn log(level: u32, message: &str) {
+    // A lost log line must never change an answer.
+    let _ = abi::log(level, message);
+}
 
 /// Metric ids, defined once per plugin configuration.
 struct Metrics {
@@ -121,157 +123,81 @@ struct Shared {
     metrics: Metrics,
 }
 
-/// One per filter configuration (per listener).
-struct Plugin {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Plugin {
-    // Callouts sent from the timer (for a request that waited) are answered here.
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        engine::on_callout_answer(token, body_size);
-        let _ = abi::set_effective_context(self.id);
-    }
-}
-
-impl RootContext for Plugin {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let raw = match abi::buffer(abi::PLUGIN_CONFIGURATION, usize::MAX) {
-            Ok(raw) => raw,
-            Err(status) => {
-                log::error!("metrics-gate: cannot read the plugin configuration: {status:?}");
-                return false;
-            }
-        };
-        let config = match Config::parse(&raw) {
-            Ok(config) => config,
-            Err(error) => {
-                // Envoy refuses the configuration; this line is what the operator sees.
-                log::error!("metrics-gate: {error}");
-                return false;
-            }
-        };
-        match Metrics::define() {
-            Ok(metrics) => {
-                self.shared = Some(Rc::new(Shared { config, metrics }));
-                true
-            }
-            Err(error) => {
-                log::error!("metrics-gate: {error}");
-                false
-            }
+/// Reads and checks the plugin configuration of one listener and defines the counters; `None`
+/// when Envoy must refuse the configuration (the reason is logged, one line).
+fn configure() -> Option<Rc<Shared>> {
+    let raw = match abi::buffer(abi::PLUGIN_CONFIGURATION, usize::MAX) {
+        Ok(raw) => raw,
+        Err(status) => {
+            log(
+                abi::LOG_ERROR,
+                &format!("metrics-gate: cannot read the plugin configuration: {status:?}"),
+            );
+            return None;
         }
-    }
-
-    fn on_tick(&mut self) {
-        let still_waiting = engine::on_tick();
-        let _ = abi::set_effective_context(self.id);
-        if !still_waiting {
-            let _ = abi::set_tick_period(Duration::ZERO);
+    };
+    let config = match Config::parse(&raw) {
+        Ok(config) => config,
+        Err(error) => {
+            // Envoy refuses the configuration; this line is what the operator sees.
+            log(abi::LOG_ERROR, &format!("metrics-gate: {error}"));
+            return None;
         }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        // Never `None`: the SDK panics on it (a trap for the whole worker). Envoy creates no
-        // streams for a configuration it refused; if it ever did, the request is refused below.
-        Some(Box::new(Request {
-            id,
-            shared: self.shared.clone(),
-        }))
-    }
-}
-
-/// A request's handle; its state lives in `engine` so other contexts can move it on.
-struct Request {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Request {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        engine::on_callout_answer(token, body_size);
-    }
-
-    fn on_done(&mut self) -> bool {
-        engine::forget(self.id);
-        true
-    }
-}
-
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            engine::refuse_unconfigured();
-            return Action::Pause;
-        };
-        let now = abi::now_ms();
-        let mut state = RequestState::new(Rc::clone(&shared), now);
-        let raw = match abi::header_map(abi::REQUEST_HEADERS) {
-            Ok(raw) => raw,
-            Err(status) => {
-                let mut reply = Reply::apiserver_unavailable(shared.config.retry_after_seconds);
-                reply.log_detail = Some(format!("cannot read request headers: {status:?}"));
-                return verdict(engine::advance(
-                    self.id,
-                    state,
-                    crate::gate::Step::Reply(reply),
-                    Phase::Headers,
-                ));
-            }
-        };
-        let map = HeaderMap::parse(&raw);
-        let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
-        #[cfg(feature = "fault-injection")]
-        if headers
-            .iter()
-            .any(|(name, value)| *name == b"x-metrics-gate-fault" && *value == b"trap")
-        {
-            // Test builds only: crash the VM mid-request, as a bug would.
-            core::arch::wasm32::unreachable();
-        }
-        // A pseudo-header that is not UTF-8 matches no allowed path or method: 404 / 405.
-        let text = |name: &str| map.get(name).and_then(|v| std::str::from_utf8(v).ok());
-        // Only looked up when trusted: one host call less on every other request.
-        let peer_subject = if shared.config.client_certificates {
-            abi::property(&["connection", "subject_peer_certificate"])
-                .ok()
-                .flatten()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .filter(|subject| !subject.is_empty())
-        } else {
+    };
+    match Metrics::define() {
+        Ok(metrics) => Some(Rc::new(Shared { config, metrics })),
+        Err(error) => {
+            log(abi::LOG_ERROR, &format!("metrics-gate: {error}"));
             None
-        };
-        let head = RequestHead {
-            method: text(":method").unwrap_or(""),
-            path: text(":path").unwrap_or(""),
-            headers: &headers,
-            peer_subject: peer_subject.as_deref(),
-        };
-        let step = state.gate.on_request(&shared.config, &head);
-        verdict(engine::advance(self.id, state, step, Phase::Headers))
+        }
     }
 }
 
-fn verdict(v: Verdict) -> Action {
-    match v {
-        Verdict::Continue => Action::Continue,
-        Verdict::Pause => Action::Pause,
+/// A request's headers have arrived (stream `id`, of a plugin configured as `shared`, if it was).
+fn request_headers(id: u32, shared: Option<Rc<Shared>>) -> Verdict {
+    let Some(shared) = shared else {
+        // Envoy creates no streams for a configuration it refused; if it ever did, refuse them.
+        engine::refuse_unconfigured();
+        return Verdict::Pause;
+    };
+    let now = abi::now_ms();
+    let mut state = RequestState::new(Rc::clone(&shared), now);
+    let raw = match abi::header_map(abi::REQUEST_HEADERS) {
+        Ok(raw) => raw,
+        Err(status) => {
+            let mut reply = Reply::apiserver_unavailable(shared.config.retry_after_seconds);
+            reply.log_detail = Some(format!("cannot read request headers: {status:?}"));
+            return engine::advance(id, state, crate::gate::Step::Reply(reply), Phase::Headers);
+        }
+    };
+    let map = HeaderMap::parse(&raw);
+    let headers: Vec<(&[u8], &[u8])> = map.iter().collect();
+    #[cfg(feature = "fault-injection")]
+    if headers
+        .iter()
+        .any(|(name, value)| *name == b"x-metrics-gate-fault" && *value == b"trap")
+    {
+        // Test builds only: crash the VM mid-request, as a bug would.
+        core::arch::wasm32::unreachable();
     }
+    // A pseudo-header that is not UTF-8 matches no allowed path or method: 404 / 405.
+    let text = |name: &str| map.get(name).and_then(|v| std::str::from_utf8(v).ok());
+    // Only looked up when trusted: one host call less on every other request.
+    let peer_subject = if shared.config.client_certificates {
+        abi::property(&["connection", "subject_peer_certificate"])
+            .ok()
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|subject| !subject.is_empty())
+    } else {
+        None
+    };
+    let head = RequestHead {
+        method: text(":method").unwrap_or(""),
+        path: text(":path").unwrap_or(""),
+        headers: &headers,
+        peer_subject: peer_subject.as_deref(),
+    };
+    let step = state.gate.on_request(&shared.config, &head);
+    engine::advance(id, state, step, Phase::Headers)
 }
