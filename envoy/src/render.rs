@@ -445,9 +445,6 @@ pub(crate) fn gated_listener(
         // Envoy is the edge here: take the peer address from the connection and do not trust a
         // caller's x-forwarded-for / x-envoy-* headers.
         use_remote_address: Some(BoolValue { value: true }),
-        // Nothing here reads a request id (no tracing, no access log field uses it): generating
-        // one is a random number and a header per scrape for nothing (BENCHMARKS.md, tuning).
-        generate_request_id: Some(BoolValue { value: false }),
         // A request the filter holds (reviews under way) ends within this even if the filter
         // never answers it (a crashed VM): longer than the filter's own bound, two reviews each
         // within the apiserver timeout plus a margin, so normally the filter's 503 comes first.
