@@ -46,13 +46,32 @@ pub fn token_review_key(token: &str, audiences: &[String]) -> Digest {
     h.finalize().into()
 }
 
-/// Digest of a SubjectAccessReview question: its whole request body (user, uid, groups, extra and
-/// attributes), so two questions share an answer only if they are the same question.
-pub fn access_review_key(body: &[u8]) -> Digest {
-    let mut h = Sha256::new();
-    h.update(b"subjectaccessreview\0");
-    h.update(body);
-    h.finalize().into()
+/// A digest built field by field, each field length-prefixed so that no two different sequences
+/// of fields hash the same bytes (for `review::access_review_key`).
+pub struct FieldDigest(Sha256);
+
+impl FieldDigest {
+    pub fn new(domain: &[u8]) -> FieldDigest {
+        let mut h = Sha256::new();
+        h.update(domain);
+        h.update(b"\0");
+        FieldDigest(h)
+    }
+
+    pub fn field(&mut self, bytes: &[u8]) -> &mut FieldDigest {
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    pub fn count(&mut self, n: usize) -> &mut FieldDigest {
+        self.0.update((n as u64).to_be_bytes());
+        self
+    }
+
+    pub fn finish(self) -> Digest {
+        self.0.finalize().into()
+    }
 }
 
 /// The shared-data keys of the two slots `digest` may live in (independent bits of the digest
@@ -384,7 +403,14 @@ mod tests {
             let slot: u32 = key.trim_start_matches("metrics-gate/tr/").parse().unwrap();
             assert!(slot < 8192);
         }
-        assert_ne!(access_review_key(b"{}"), access_review_key(b"{ }"));
+        // Length-prefixed fields: moving a byte from one field to the next changes the digest.
+        let digest = |a: &[u8], b: &[u8]| {
+            let mut d = FieldDigest::new(b"t");
+            d.field(a).field(b);
+            d.finish()
+        };
+        assert_ne!(digest(b"ab", b"c"), digest(b"a", b"bc"));
+        assert_eq!(digest(b"ab", b"c"), digest(b"ab", b"c"));
     }
 
     #[test]

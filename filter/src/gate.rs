@@ -62,15 +62,16 @@ pub struct Callout {
 enum Question {
     /// The caller's token: it goes to the apiserver and nowhere else.
     Token(String),
-    /// The SubjectAccessReview body (its digest is the key, so it is built up front).
-    Access(Vec<u8>),
+    /// Who asks for what. The JSON body is built only to send it: the key is a digest of these
+    /// fields themselves (`review::access_review_key`).
+    Access(Box<(User, Attributes)>),
 }
 
 impl std::fmt::Debug for Question {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Question::Token(_) => f.write_str("Token(<redacted>)"),
-            Question::Access(body) => write!(f, "Access({} bytes)", body.len()),
+            Question::Access(question) => write!(f, "Access({:?})", question.1),
         }
     }
 }
@@ -80,7 +81,9 @@ impl Callout {
     pub fn body(&self, config: &Config) -> Vec<u8> {
         match &self.question {
             Question::Token(token) => review::token_review_body(token, &config.audiences),
-            Question::Access(body) => body.clone(),
+            Question::Access(question) => {
+                review::subject_access_review_body(&question.0, &question.1)
+            }
         }
     }
 
@@ -253,8 +256,8 @@ impl Gate {
                     })
                 }
                 Authentication::Authenticated(user) => {
-                    let body = review::subject_access_review_body(&user, &attributes);
-                    let key = cache::access_review_key(&body);
+                    let key = review::access_review_key(&user, &attributes);
+                    let question = Question::Access(Box::new((user.clone(), attributes.clone())));
                     self.phase = Phase::AwaitingAccessReview {
                         user,
                         attributes,
@@ -264,7 +267,7 @@ impl Gate {
                         table: Table::AccessReview,
                         key,
                         path: review::SUBJECT_ACCESS_REVIEW_PATH,
-                        question: Question::Access(body),
+                        question,
                     })
                 }
                 Authentication::Rejected => self.finish(Reply::unauthorized(true)),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::cache::Table;
+use crate::cache::{Digest, FieldDigest, Table};
 use crate::config::{Config, ResourceAttributes};
 
 pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -254,6 +254,46 @@ impl Attributes {
             }
         }
     }
+}
+
+/// The cache key of a SubjectAccessReview: a digest of the whole question (user, uid, groups,
+/// extra and attributes), so two questions share an answer only if they are the same question.
+/// Built from the fields, not from the JSON body, so that a warm request never serialises one.
+pub fn access_review_key(user: &User, attributes: &Attributes) -> Digest {
+    let mut d = FieldDigest::new(b"subjectaccessreview");
+    d.field(user.username.as_bytes()).field(user.uid.as_bytes());
+    d.count(user.groups.len());
+    for group in &user.groups {
+        d.field(group.as_bytes());
+    }
+    d.count(user.extra.len());
+    for (key, values) in &user.extra {
+        d.field(key.as_bytes()).count(values.len());
+        for value in values {
+            d.field(value.as_bytes());
+        }
+    }
+    match attributes {
+        Attributes::NonResource { path, verb } => {
+            d.field(b"nonResource")
+                .field(path.as_bytes())
+                .field(verb.as_bytes());
+        }
+        Attributes::Resource { verb, attrs } => {
+            d.field(b"resource").field(verb.as_bytes());
+            for value in [
+                &attrs.namespace,
+                &attrs.api_group,
+                &attrs.api_version,
+                &attrs.resource,
+                &attrs.subresource,
+                &attrs.name,
+            ] {
+                d.field(value.as_bytes());
+            }
+        }
+    }
+    d.finish()
 }
 
 pub fn subject_access_review_body(user: &User, attributes: &Attributes) -> Vec<u8> {

@@ -363,7 +363,15 @@ fn cache_keys_and_lifetimes_come_with_each_question() {
     );
     let sar = callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
     assert_eq!(sar.table, Table::AccessReview);
-    assert_eq!(sar.key, cache::access_review_key(&sar.body(&c)));
+    // The key is the question's fields: the same question, the same key; another path, another.
+    let (mut again, _) = start(&c, "GET", "/metrics", &[BEARER]);
+    let same = callout(again.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    assert_eq!(sar.key, same.key);
+    let other_path = config(r#"{"allowed_paths":["/metrics","/metrics/slis"]}"#);
+    let (mut other, _) = start(&other_path, "GET", "/metrics/slis", &[BEARER]);
+    let other = callout(other.on_review_answer(&other_path, Some(201), PROMETHEUS_TR));
+    assert_ne!(sar.key, other.key);
+    assert!(!sar.body(&c).is_empty());
     assert_eq!(
         sar.cache_until(&c, &Answer::Access(true), NOW_MS),
         Some(NOW_MS + 300_000)

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::abi;
+use super::memo;
 use super::shared::{self, CalloutLease, Slot};
 use super::Shared;
 use crate::cache::{self, Lookup, Record};
@@ -149,6 +150,14 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
     let now = abi::now_ms();
     let stale_ms = u64::from(config.cache.stale_allow_seconds).saturating_mul(1000);
     state.stale = None;
+    // A copy in this VM, fresh for this listener: no shared data to copy and decode.
+    if let Some((answer, stored_ms)) = memo::get(callout.table, &callout.key, now) {
+        if cache::fresh_for_reader(stored_ms, callout.ttl_seconds(config, &answer), now) {
+            shared.metrics.count_cache(true);
+            state.waiting_since_ms = None;
+            return Asked::Answer(Ok(answer));
+        }
+    }
     // Two rounds: a lost race for the slot is settled by reading it again.
     for _ in 0..2 {
         let slot = Slot::find(callout.table, &callout.key, max, now);
@@ -176,6 +185,9 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                 {
                     shared.metrics.count_cache(true);
                     state.waiting_since_ms = None;
+                    if let Some(expires_ms) = slot.answer_expiry() {
+                        memo::put(callout.table, &callout.key, &answer, stored_ms, expires_ms);
+                    }
                     return Asked::Answer(Ok(answer));
                 }
                 // Too old for this listener but live for the one that wrote it: ask without
@@ -344,13 +356,16 @@ pub fn on_callout_answer(token: u32, body_size: usize) {
     let claimed = std::mem::take(&mut state.owns_slot);
     let record = match &answer {
         Ok(a) => match callout.cache_until(config, a, state.now_ms) {
-            Some(expires_ms) => Some(Record::Ready {
-                digest: callout.key,
-                stored_ms: now,
-                expires_ms,
-                value: a.encode(),
-                negative: a.is_negative(),
-            }),
+            Some(expires_ms) => {
+                memo::put(callout.table, &callout.key, a, now, expires_ms);
+                Some(Record::Ready {
+                    digest: callout.key,
+                    stored_ms: now,
+                    expires_ms,
+                    value: a.encode(),
+                    negative: a.is_negative(),
+                })
+            }
             // Not cacheable: release the waiters with a fresh "ask again" — a Failed record older
             // than nobody, so they ask themselves.
             None => claimed.then(|| Record::Failed {

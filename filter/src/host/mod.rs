@@ -13,6 +13,7 @@
 mod abi;
 mod engine;
 mod exports;
+mod memo;
 mod shared;
 
 use std::rc::Rc;

@@ -54,6 +54,14 @@ impl Slot {
             .map_or_else(Vec::new, |r| r.kept_for(digest))
     }
 
+    /// Until when the answer this slot holds is valid, if it holds one.
+    pub fn answer_expiry(&self) -> Option<u64> {
+        match &self.record {
+            Some(Record::Ready { expires_ms, .. }) => Some(*expires_ms),
+            _ => None,
+        }
+    }
+
     /// Writes `record` only if nobody changed the slot since it was read.
     pub fn replace(&self, record: &Record) -> Result<(), HostError> {
         abi::set_shared_data(&self.key, &record.encode(), self.cas)

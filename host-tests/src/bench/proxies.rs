@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use metrics_gate_host_tests::envoy_process::{EnvoyOptions, EnvoyProcess};
 use metrics_gate_host_tests::stack::NODE_IP;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::procfs;
 
@@ -46,9 +47,21 @@ impl Drop for Proxy {
     }
 }
 
+/// Starts an Envoy on `config` with one worker, pinned to the proxy core. Every Envoy of the bench
+/// gets an admin socket of its own: the rendered bootstrap names one path, and a second Envoy on
+/// the same path would take it over, so that every setup's listeners were looked up (and
+/// measured) on whichever Envoy held it.
 pub fn start_envoy(config: &Value, cores: &Cores) -> Result<EnvoyProcess> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let mut config = config.clone();
+    let socket = std::env::temp_dir().join(format!(
+        "mg-bench-admin-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    config["admin"]["address"]["pipe"]["path"] = json!(socket.to_string_lossy());
     let envoy = EnvoyProcess::start(
-        config,
+        &config,
         EnvoyOptions {
             concurrency: 1,
             log_level: "warning".into(),
