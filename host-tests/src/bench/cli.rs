@@ -27,8 +27,9 @@ pub struct Cli {
     /// Valid tokens minted for setup d.
     #[arg(long, value_name = "N", default_value_t = 24_000)]
     tokens: usize,
-    /// Distinct bogus tokens of the flood run.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    /// Distinct bogus tokens of the flood run (about 10 s of flood: the review budget's rate,
+    /// not its one-second burst, decides what reaches the apiserver).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
     flood_tokens: u64,
     /// Requests of the memory run's second reading.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]

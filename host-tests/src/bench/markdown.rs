@@ -377,9 +377,11 @@ fn targets(s: &mut String, r: &Report) {
     );
     if let Some(f) = &r.flood {
         let limit = f64::from(metrics_gate::config::DEFAULT_MAX_REVIEWS_PER_SECOND);
-        // The bucket's one-second burst spreads over the flood's duration.
-        let bound = limit + limit / f.flood_seconds.max(1.0);
-        let _ = writeln!(s, "| flood of distinct bogus tokens: reviews from the node ≤ {limit}/s (default budget, plus its burst) | {:.1}/s over {:.1} s | {} |", f.reviews_per_second, f.flood_seconds, mark(f.reviews_per_second <= bound));
+        // The bucket gives one second's worth at once, then the rate: over a flood of t seconds at
+        // most limit × (1 + t) reviews (one more for a race between workers).
+        let reviews = f.flood_token_reviews + f.flood_subject_access_reviews;
+        let bound = limit * (1.0 + f.flood_seconds) + 1.0;
+        let _ = writeln!(s, "| flood of distinct bogus tokens: reviews from the node ≤ {limit}/s (default budget: its one-second burst, then the rate) | {reviews} reviews in {:.2} s (≤ {bound:.0} allowed) | {} |", f.flood_seconds, mark(reviews as f64 <= bound));
         let kept = if f.scraper_baseline_rps > 0.0 {
             f.scraper_rps_during_flood / f.scraper_baseline_rps
         } else {
