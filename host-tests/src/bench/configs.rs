@@ -85,8 +85,8 @@ pub fn without_filter(config: &Value) -> Value {
     config
 }
 
-/// `config` with `fields` set in every listener's plugin configuration (the others kept).
-pub fn with_plugin_config(config: &Value, fields: &Value) -> Value {
+/// `config` with `change` applied to the wasm filter's `config` of every bench listener.
+fn with_each_wasm_filter(config: &Value, mut change: impl FnMut(&mut Value)) -> Value {
     let mut config = config.clone();
     for (_, preset, _) in PAYLOADS {
         for l in listeners_mut(&mut config, preset.name()) {
@@ -95,19 +95,7 @@ pub fn with_plugin_config(config: &Value, fields: &Value) -> Value {
                     .iter_mut()
                     .filter(|f| f["name"] == "envoy.filters.http.wasm")
                 {
-                    let value = &mut f["typed_config"]["config"]["configuration"]["value"];
-                    let mut plugin: Value = value
-                        .as_str()
-                        .and_then(|v| serde_json::from_str(v).ok())
-                        .unwrap_or_else(|| json!({}));
-                    if let (Some(plugin), Some(fields)) =
-                        (plugin.as_object_mut(), fields.as_object())
-                    {
-                        for (k, v) in fields {
-                            plugin.insert(k.clone(), v.clone());
-                        }
-                    }
-                    *value = json!(plugin.to_string());
+                    change(&mut f["typed_config"]["config"]);
                 }
             }
         }
@@ -115,22 +103,27 @@ pub fn with_plugin_config(config: &Value, fields: &Value) -> Value {
     config
 }
 
+/// `config` with `fields` set in every listener's plugin configuration (the others kept).
+pub fn with_plugin_config(config: &Value, fields: &Value) -> Value {
+    with_each_wasm_filter(config, |wasm| {
+        let value = &mut wasm["configuration"]["value"];
+        let mut plugin: Value = value
+            .as_str()
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_else(|| json!({}));
+        if let (Some(plugin), Some(fields)) = (plugin.as_object_mut(), fields.as_object()) {
+            for (k, v) in fields {
+                plugin.insert(k.clone(), v.clone());
+            }
+        }
+        *value = json!(plugin.to_string());
+    })
+}
+
 /// `config` with every listener's wasm filter running the module at `wasm` instead (same vm_id,
 /// same plugin configuration): setup f, the floor.
 pub fn with_wasm(config: &Value, wasm: &Path) -> Value {
-    let mut config = config.clone();
-    for (_, preset, _) in PAYLOADS {
-        for l in listeners_mut(&mut config, preset.name()) {
-            for list in http_filter_lists(l) {
-                for f in list
-                    .iter_mut()
-                    .filter(|f| f["name"] == "envoy.filters.http.wasm")
-                {
-                    f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
-                        json!(wasm.to_string_lossy());
-                }
-            }
-        }
-    }
-    config
+    with_each_wasm_filter(config, |filter| {
+        filter["vm_config"]["code"]["local"]["filename"] = json!(wasm.to_string_lossy());
+    })
 }
