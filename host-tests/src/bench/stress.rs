@@ -230,7 +230,10 @@ pub fn memory_run(
     // Full speed: the run is about what the proxy keeps, not about callout latency.
     api.set_fault(Fault::None);
     api.clear_calls();
-    let envoy = start_envoy(gated, cores)?;
+    // Answers that outlive the run (the token's own `exp`, an hour, still bounds the TokenReview):
+    // the scraper's answers can then only leave the cache by eviction, which is what is checked.
+    let long_ttls = json!({"cache": {"token_review_ttl_seconds": 3600, "allow_ttl_seconds": 3600}});
+    let envoy = start_envoy(&with_plugin_config(gated, &long_ttls), cores)?;
     let pid = envoy.pid();
     let url = format!(
         "http://{}/metrics",
