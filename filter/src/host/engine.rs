@@ -25,6 +25,16 @@ use crate::review::{Answer, ApiserverTrouble};
 /// review look for its answer, and any request past its deadline is answered.
 pub const WAIT_POLL: Duration = Duration::from_millis(10);
 
+/// How long a request refused by the node's review budget is held before its 503. A caller
+/// sending bogus tokens as fast as it is answered (one request per connection at a time) is then
+/// slowed to one request per second per connection, and the worker's CPU stays with the callers
+/// whose answers are cached; the apiserver is protected by the budget either way.
+pub const REFUSED_HOLD_MS: u64 = 1_000;
+
+/// At most this many refused requests are held per VM; past it they are answered at once (the
+/// held ones are scanned by every tick, and an HTTP/2 caller can open many streams).
+const MAX_HELD: usize = 1_024;
+
 /// Where a step is carried out: in the request's header callback (answer with continue/pause) or
 /// later, from a callout answer or the timer (resume or answer the request ourselves).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,6 +69,8 @@ pub struct RequestState {
     /// The expired answer the claimed slot held (see `Record::Pending::kept`), written back with
     /// a failure.
     kept: Vec<u8>,
+    /// Refused by the review budget and held until `deadline_ms` (see `REFUSED_HOLD_MS`): why.
+    held: Option<ApiserverTrouble>,
 }
 
 impl RequestState {
@@ -75,6 +87,7 @@ impl RequestState {
             deadline_ms: u64::MAX,
             stale: None,
             kept: Vec::new(),
+            held: None,
         }
     }
 }
@@ -124,6 +137,17 @@ pub fn advance(id: u32, mut state: RequestState, mut step: Step, phase: Phase) -
                     park(id, state);
                     return Verdict::Pause;
                 }
+                // Held, unless an expired allow may stand in (it answers now) or too many are.
+                Asked::Refused(trouble) if state.stale.is_none() && held_count() < MAX_HELD => {
+                    state.held = Some(trouble);
+                    state.deadline_ms = abi::now_ms().saturating_add(REFUSED_HOLD_MS);
+                    park(id, state);
+                    return Verdict::Pause;
+                }
+                Asked::Refused(trouble) => {
+                    let answer = or_stale(&mut state, Err(trouble));
+                    state.gate.on_answer(&state.shared.config, answer)
+                }
             },
         };
     }
@@ -140,6 +164,12 @@ enum Asked {
     Answer(Result<Answer, ApiserverTrouble>),
     /// The request must wait (for its own callout or someone else's).
     Waiting,
+    /// The node's review budget is spent: answered 503 after a hold (see `REFUSED_HOLD_MS`).
+    Refused(ApiserverTrouble),
+}
+
+fn held_count() -> usize {
+    REQUESTS.with(|r| r.borrow().iter().filter(|(_, s)| s.held.is_some()).count())
 }
 
 /// Gets the answer to `callout`: from the cache, by waiting for whoever asks already, or by asking.
@@ -252,14 +282,7 @@ fn lease_ms(timeout_ms: u64) -> u64 {
 fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> Asked {
     let shared = Rc::clone(&state.shared);
     let config = &shared.config;
-    if !shared::take_review_budget(config.max_reviews_per_second, now) {
-        shared.metrics.count_rate_rejection();
-        give_up_slot(state, &callout, now);
-        return Asked::Answer(Err(ApiserverTrouble(format!(
-            "this node already sent {} reviews in the last second (max_reviews_per_second)",
-            config.max_reviews_per_second
-        ))));
-    }
+    // The cap first: a request it refuses must not spend the node's review budget.
     let [_, _, _, _, a, b, c, d, ..] = callout.key;
     let start = u32::from_be_bytes([a, b, c, d]);
     let Some(lease) = shared::acquire_callout(
@@ -275,6 +298,15 @@ fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> As
             config.max_callouts_in_flight
         ))));
     };
+    if !shared::take_review_budget(config.max_reviews_per_second, now) {
+        shared::release_callout(lease);
+        shared.metrics.count_rate_rejection();
+        give_up_slot(state, &callout, now);
+        return Asked::Refused(ApiserverTrouble(format!(
+            "this node already sent {} reviews in the last second (max_reviews_per_second)",
+            config.max_reviews_per_second
+        )));
+    }
     let headers = header_map::serialize([
         (&b":method"[..], &b"POST"[..]),
         (b":path", callout.path.as_bytes()),
@@ -441,7 +473,8 @@ pub fn on_tick() -> bool {
     REQUESTS.with(|r| !r.borrow().is_empty())
 }
 
-/// Request `id` waited past its deadline: release what it holds and answer 503.
+/// Request `id` waited past its deadline (or its hold after a refusal is over): release what it
+/// holds and answer 503.
 fn time_out(id: u32) {
     let Some(mut state) = take(id) else { return };
     WAITERS.with(|w| w.borrow_mut().retain(|w| *w != id));
@@ -455,11 +488,13 @@ fn time_out(id: u32) {
         give_up_slot(&mut state, &callout, now);
     }
     let _ = abi::set_effective_context(id);
-    let detail = format!(
-        "no answer to the review within {} ms",
-        lease_ms(state.shared.config.apiserver_timeout_ms)
-    );
-    let answer = or_stale(&mut state, Err(ApiserverTrouble(detail)));
+    let trouble = state.held.take().unwrap_or_else(|| {
+        ApiserverTrouble(format!(
+            "no answer to the review within {} ms",
+            lease_ms(state.shared.config.apiserver_timeout_ms)
+        ))
+    });
+    let answer = or_stale(&mut state, Err(trouble));
     let step = state.gate.on_answer(&state.shared.config, answer);
     let _ = advance(id, state, step, Phase::Later);
 }

@@ -27,10 +27,10 @@ pub struct Cli {
     /// Valid tokens minted for setup d.
     #[arg(long, value_name = "N", default_value_t = 24_000)]
     tokens: usize,
-    /// Distinct bogus tokens of the flood run (about 10 s of flood: the review budget's rate,
-    /// not its one-second burst, decides what reaches the apiserver).
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
-    flood_tokens: u64,
+    /// Seconds of the flood run's flood of distinct bogus tokens (long enough that the review
+    /// budget's rate, not its one-second burst, decides what reaches the apiserver) [--quick: 3].
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    flood_seconds: u64,
     /// Requests of the memory run's second reading.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     memory_requests: u64,
@@ -63,7 +63,7 @@ pub struct Args {
     pub concurrency: Vec<u32>,
     pub repeats: u32,
     pub tokens: usize,
-    pub flood_tokens: u64,
+    pub flood_seconds: u64,
     pub memory_requests: u64,
     pub skip_flood: bool,
     pub skip_memory: bool,
@@ -91,7 +91,7 @@ impl Args {
             }),
             repeats: cli.repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
             tokens: limit(cli.tokens as u64, 1_500) as usize,
-            flood_tokens: limit(cli.flood_tokens, 1_000),
+            flood_seconds: limit(cli.flood_seconds, 3),
             memory_requests: limit(cli.memory_requests, 4_000),
             skip_flood: cli.skip_flood,
             skip_memory: cli.skip_memory,

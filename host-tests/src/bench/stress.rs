@@ -97,7 +97,7 @@ pub fn flood_run(
     eprintln!("==> flood run");
     let api = &stack.apiserver;
     let mut flood = Flood {
-        bogus_tokens: args.flood_tokens,
+        bogus_tokens: 0,
         flood_connections: 128,
         scraper_connections: 8,
         ..Default::default()
@@ -122,11 +122,8 @@ pub fn flood_run(
     };
     let preset = PAYLOADS[0].1;
     let url = format!("http://{}/metrics", envoy.listener_addr(preset.name())?);
-    let scraper_secs = if args.quick {
-        3
-    } else {
-        args.duration.as_secs().max(6)
-    };
+    // The scraper starts a second before the flood and ends after it.
+    let scraper_secs = args.flood_seconds + 3;
     let scraper = |secs: u64| Wrk {
         url: url.clone(),
         connections: flood.scraper_connections,
@@ -146,19 +143,15 @@ pub fn flood_run(
     let sar0 = api.count(CallKind::SubjectAccessReview) as u64;
     let scraping = scraper(scraper_secs).spawn()?;
     std::thread::sleep(Duration::from_secs(1));
+    // Never created: the flood ends with its duration (finish_limited samples the stats meanwhile).
     let done_file = std::env::temp_dir().join(format!("mg-bench-flood-{}", std::process::id()));
     let _ = std::fs::remove_file(&done_file);
     let flooding = Wrk {
         url: url.clone(),
         connections: flood.flood_connections,
-        duration: Duration::from_secs(600),
+        duration: Duration::from_secs(args.flood_seconds),
         token: None,
-        env: vec![
-            ("MG_MODE", "bogus".into()),
-            ("MG_PREFIX", "flood".into()),
-            ("MG_LIMIT", args.flood_tokens.to_string()),
-            ("MG_DONE_FILE", done_file.to_string_lossy().into_owned()),
-        ],
+        env: vec![("MG_MODE", "bogus".into()), ("MG_PREFIX", "flood".into())],
         cpu: cores.load,
         script,
     }
@@ -180,6 +173,7 @@ pub fn flood_run(
     flood.max_callouts_in_flight_seen = max_in_flight;
     flood.max_apiserver_requests_active_seen = max_active;
     flood.flood_seconds = secs;
+    flood.bogus_tokens = flood_result.requests;
     flood.flood_rps = flood_result.requests as f64 / secs.max(1e-9);
     flood.scraper_rps_during_flood = (upstream1 - upstream0) as f64 / secs.max(1e-9);
     flood.scraper_under_flood = wrk::finish(scraping)?;

@@ -1,7 +1,7 @@
 //! A flood of distinct bogus tokens reaches the apiserver at no more than `max_reviews_per_second`
-//! from the whole node (all workers, all listeners share one budget); the rest get 503 at once,
-//! counted; a scraper whose answers are cached goes on undisturbed; and once the flood is over the
-//! budget refills, so a new token is reviewed again.
+//! from the whole node (all workers, all listeners share one budget); the rest are held for a
+//! second and then get 503, counted; a scraper whose answers are cached goes on undisturbed; and
+//! once the flood is over the budget refills, so a new token is reviewed again.
 
 use std::time::{Duration, Instant};
 
@@ -33,16 +33,17 @@ fn reviews_per_second_are_bounded_per_node() {
     stack.apiserver.clear_calls();
 
     let started = Instant::now();
-    let (statuses, retry_after): (Vec<u16>, Vec<Option<String>>) = std::thread::scope(|s| {
-        let flood: Vec<_> = (0..4)
+    let (statuses, answers): (Vec<u16>, Vec<(Option<String>, Duration)>) = std::thread::scope(|s| {
+        let flood: Vec<_> = (0..24)
             .map(|worker| {
                 let stack = &stack;
                 s.spawn(move || {
-                    (0..30)
+                    (0..5)
                         .map(|i| {
                             let preset = if i % 2 == 0 { Preset::KubeProxy } else { Preset::Etcd };
+                            let asked = Instant::now();
                             let answer = stack.scrape(preset, "/metrics", &format!("bogus-{worker}-{i:03}"));
-                            (answer.status, answer.header("retry-after").map(str::to_owned))
+                            (answer.status, (answer.header("retry-after").map(str::to_owned), asked.elapsed()))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -68,9 +69,11 @@ fn reviews_per_second_are_bounded_per_node() {
     assert!(rejected > 0, "the flood was never limited: {statuses:?}");
     assert_eq!(stack.apiserver.count(CallKind::TokenReview) as u64, reviewed);
     assert_eq!(stack.counter("wasmcustom.metrics_gate_callouts_rejected_rate"), rejected);
-    for (status, retry) in statuses.iter().zip(&retry_after) {
+    for (status, (retry, took)) in statuses.iter().zip(&answers) {
         if *status == 503 {
             assert_eq!(retry.as_deref(), Some("5"), "a refused review says when to come back");
+            // Held before the answer, so that a caller flooding the gate is slowed down.
+            assert!(*took >= Duration::from_millis(950), "a refused request was answered after {took:?}");
         }
     }
 
