@@ -30,7 +30,7 @@ pub(super) fn check_path(field: &str, path: &str) -> Result<(), ConfigError> {
         "must start with \"/\""
     } else if path.len() > 256 {
         "must be at most 256 bytes"
-    } else if path.contains("//") {
+    } else if path.as_bytes().windows(2).any(|pair| pair == b"//") {
         "must not contain \"//\""
     } else if path.split('/').any(|s| s == "." || s == "..") {
         "must not contain \".\" or \"..\" segments"
