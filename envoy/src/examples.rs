@@ -74,6 +74,7 @@ fn node_stack(client: ClientCertificates) -> Stack {
 
 fn node_stack_of(presets: &[Preset], client: ClientCertificates) -> Stack {
     Stack {
+        access_log: true,
         node_ip: NodeAddress::node_ip_placeholder(),
         admin_socket: ADMIN_SOCKET.into(),
         own_listener: Some(OwnListener {
@@ -115,6 +116,7 @@ pub fn kube_proxy_node() -> Stack {
 /// A controller's metrics on 127.0.0.1:8080 inside its pod, served on :8443 over TLS.
 pub fn sidecar() -> Stack {
     Stack {
+        access_log: true,
         node_ip: NodeAddress::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         admin_socket: ADMIN_SOCKET.into(),
         own_listener: Some(OwnListener {
@@ -144,6 +146,7 @@ pub fn sidecar() -> Stack {
 /// `metrics-gate-testbed --dir .local/testbed` (run Envoy from the repository root).
 pub fn local_plaintext() -> Stack {
     Stack {
+        access_log: true,
         node_ip: NodeAddress::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
         admin_socket: ".local/testbed/admin.sock".into(),
         own_listener: Some(OwnListener {
@@ -173,6 +176,7 @@ pub fn local_plaintext() -> Stack {
 /// envoy/compose: Envoy in the testbed container's network namespace, files under /testbed.
 pub fn compose() -> Stack {
     Stack {
+        access_log: true,
         node_ip: NodeAddress::node_ip_placeholder(),
         // The compose service's Envoy writes to /tmp (its image's user cannot create /var/run dirs).
         admin_socket: "/tmp/metrics-gate-admin.sock".into(),

@@ -8,6 +8,7 @@
 //! Envoy's messages. [`file`] reads a components file into the model; [`examples`] is every
 //! configuration the repository ships.
 
+pub mod access_log;
 pub mod cert;
 pub mod examples;
 pub mod file;

@@ -31,6 +31,8 @@ pub struct Stack {
     /// The serving certificate and client CA every TLS listener of this Envoy uses.
     pub tls: TlsFiles,
     pub components: Vec<Component>,
+    /// One JSON line per request on Envoy's stdout (see [`crate::access_log`]).
+    pub access_log: bool,
 }
 
 /// The gate's own listener, on `node_ip` beside the component listeners.

@@ -53,6 +53,7 @@ use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
+use crate::access_log;
 use crate::model::{
     Apiserver, ClientCertificates, Component, ListenerTls, Stack, UpstreamCredentials, UpstreamTls,
 };
@@ -470,6 +471,11 @@ pub(crate) fn gated_listener(
             },
         )),
         http_filters,
+        access_log: if stack.access_log {
+            vec![access_log::stdout_json(&c.name)]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     Listener {
@@ -550,6 +556,11 @@ pub(crate) fn plugin_config(c: &Component) -> Value {
 /// The metrics-gate plugin. Every component's listener names the same vm_id and code, so Envoy runs
 /// one VM per worker for all of them; each gets its own root context from its own configuration.
 fn wasm_filter(stack: &Stack, c: &Component) -> HttpFilter {
+    let mut configuration = plugin_config(c);
+    if let (false, Value::Object(map)) = (stack.access_log, &mut configuration) {
+        // Nothing reads the decision: spare the filter handing it over.
+        map.insert("access_log".into(), Value::Bool(false));
+    }
     let wasm = Wasm {
         config: Some(PluginConfig {
             name: PLUGIN_NAME.into(),
@@ -570,7 +581,7 @@ fn wasm_filter(stack: &Stack, c: &Component) -> HttpFilter {
                 ..Default::default()
             })),
             configuration: Some(pack_any(StringValue {
-                value: plugin_config(c).to_string(),
+                value: configuration.to_string(),
             })),
             ..Default::default()
         }),
@@ -808,6 +819,7 @@ mod tests {
             InternalListener::full_name(),
             Router::full_name(),
             Secret::full_name(),
+            envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog::full_name(),
         ] {
             assert!(pool().get_message_by_name(&name).is_some(), "{name}");
         }

@@ -48,6 +48,9 @@ pub struct Config {
     /// Send the caller's own `Authorization` on to the component (`passthrough` upstream
     /// credentials); by default it never leaves the proxy.
     pub forward_caller_credentials: bool,
+    /// Hand each decision to Envoy's access log as filter state (see `access_log`); off saves
+    /// those host calls where no access log reads them.
+    pub access_log: bool,
 }
 
 /// How long answers are remembered (kube-rbac-proxy's defaults); 0 turns a kind off.
@@ -161,6 +164,7 @@ struct RawConfig {
     max_reviews_per_second: Option<u64>,
     client_certificates: bool,
     forward_caller_credentials: bool,
+    access_log: bool,
 }
 
 #[derive(Default)]
@@ -217,6 +221,7 @@ impl RawConfig {
                 "max_reviews_per_second",
                 "client_certificates",
                 "forward_caller_credentials",
+                "access_log",
             ],
         )?;
         let api = top.object("apiserver", &["cluster", "authority", "timeout_ms"])?;
@@ -304,6 +309,7 @@ impl RawConfig {
             max_reviews_per_second: top.number("max_reviews_per_second")?,
             client_certificates: top.boolean("client_certificates")?.unwrap_or(false),
             forward_caller_credentials: top.boolean("forward_caller_credentials")?.unwrap_or(false),
+            access_log: top.boolean("access_log")?.unwrap_or(true),
         })
     }
 
@@ -451,6 +457,7 @@ impl RawConfig {
             max_reviews_per_second,
             client_certificates: self.client_certificates,
             forward_caller_credentials: self.forward_caller_credentials,
+            access_log: self.access_log,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! `cache` and `jwt`,
 //! tested natively; `host` is the only module that talks to Envoy, and only exists in the wasm build.
 
+pub mod access_log;
 pub mod cache;
 pub mod config;
 pub mod credentials;

@@ -53,6 +53,8 @@ pub struct EnvoyProcess {
     admin: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
+    /// Envoy's stdout: the listeners' access log.
+    stdout_path: PathBuf,
     // Last: removed after Envoy is gone.
     dir: tempfile::TempDir,
 }
@@ -168,6 +170,7 @@ impl EnvoyProcess {
         let config_path = dir.path().join("envoy.json");
         let log_path = dir.path().join("envoy.log");
         let stderr_path = dir.path().join("stderr.log");
+        let stdout_path = dir.path().join("stdout.log");
         fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
         let base_id = Self::next_base_id();
         let child = Command::new(&bin)
@@ -183,7 +186,7 @@ impl EnvoyProcess {
             .args(["--file-flush-interval-msec", "50"])
             .args(&opts.extra_args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(fs::File::create(&stdout_path)?)
             .stderr(fs::File::create(&stderr_path)?)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -197,6 +200,7 @@ impl EnvoyProcess {
             admin,
             log_path,
             stderr_path,
+            stdout_path,
             dir,
         })
     }
@@ -214,6 +218,21 @@ impl EnvoyProcess {
     /// Admin's Unix socket (e.g. `curl --unix-socket PATH http://admin/stats`).
     pub fn admin_socket(&self) -> &Path {
         &self.admin
+    }
+
+    /// The access-log lines Envoy wrote to stdout so far, parsed (lines that are not JSON are
+    /// skipped; the file is flushed every 50 ms).
+    pub fn access_log(&self) -> Vec<Value> {
+        fs::read_to_string(&self.stdout_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Envoy's stdout as written so far, raw.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
     /// Everything Envoy logged so far (the `--log-path` file, then anything it wrote to stderr,

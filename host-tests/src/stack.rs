@@ -102,6 +102,8 @@ pub struct StackOptions {
     /// Overrides the presets' upstream credentials (kube-controller-manager and kube-scheduler:
     /// `Proxy`; the others `None`) for the listed components.
     pub upstream_credentials: Vec<(Preset, UpstreamCredentials)>,
+    /// Render without the access log (on by default, as shipped).
+    pub no_access_log: bool,
 }
 
 /// kube-scheduler's and kube-controller-manager's default `--authorization-always-allow-paths`.
@@ -133,6 +135,7 @@ impl Default for StackOptions {
             envoy: EnvoyOptions::default(),
             listener_tls: ListenerTls::Plaintext,
             upstream_credentials: Vec::new(),
+            no_access_log: false,
         }
     }
 }
@@ -262,6 +265,7 @@ impl LocalStack {
         }
 
         let stack = metrics_gate_envoy::Stack {
+            access_log: !opts.no_access_log,
             node_ip: NODE_IP.into(),
             admin_socket: files.path().join("admin.sock").to_string_lossy().into_owned(),
             own_listener: Some(OwnListener {

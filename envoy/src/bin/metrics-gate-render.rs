@@ -110,6 +110,10 @@ struct BootstrapArgs {
     /// Timeout of the review callouts' route [default: 5000].
     #[arg(long, value_name = "MS")]
     apiserver_timeout_ms: Option<u32>,
+    /// No access log (by default one JSON line per request on stdout: who, what, the decision
+    /// and why; never a token).
+    #[arg(long)]
+    no_access_log: bool,
     /// Print JSON instead of YAML.
     #[arg(long)]
     json: bool,
@@ -301,6 +305,7 @@ fn bootstrap(args: BootstrapArgs) -> Result<String, String> {
         credentials_dir: args.credentials_dir,
         tls,
         components,
+        access_log: !args.no_access_log,
     };
     stack.check().map_err(|e| e.to_string())?;
     if args.json {

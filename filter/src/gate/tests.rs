@@ -482,3 +482,54 @@ fn statically_allowed_principals_skip_the_access_review() {
         Step::Forward(_)
     ));
 }
+
+#[test]
+fn the_access_log_entry_names_the_user_and_the_reason_never_the_token() {
+    let c = config("{}");
+    let (gate, step) = start(&c, "GET", "/nope", &[BEARER]);
+    assert_eq!(reply(step).status, 404);
+    assert_eq!(
+        (gate.entry.user.as_deref(), gate.entry.reason.as_str()),
+        (None, "path not in the allow-list")
+    );
+
+    let (gate, _) = start(&c, "GET", "/metrics", &[BEARER, BEARER]);
+    assert_eq!(gate.entry.reason, "several Authorization headers");
+
+    let (mut gate, step) = start(&c, "GET", "/metrics", &[BEARER]);
+    callout(step);
+    let step = gate.on_review_answer(&c, Some(201), GARBAGE_TR);
+    assert_eq!(reply(step).status, 401);
+    assert_eq!(
+        (gate.entry.user.as_deref(), gate.entry.reason.as_str()),
+        (None, "token not authenticated by TokenReview")
+    );
+
+    let (mut gate, step) = start(&c, "GET", "/metrics", &[BEARER]);
+    callout(step);
+    callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    assert_eq!(
+        reply(gate.on_review_answer(&c, Some(201), SAR_DENIED)).status,
+        403
+    );
+    let user = "system:serviceaccount:observability:prometheus-server";
+    assert_eq!(
+        (gate.entry.user.as_deref(), gate.entry.reason.as_str()),
+        (Some(user), "denied by SubjectAccessReview")
+    );
+
+    let (mut gate, step) = start(&c, "GET", "/metrics", &[BEARER]);
+    callout(step);
+    callout(gate.on_review_answer(&c, Some(201), PROMETHEUS_TR));
+    assert!(matches!(
+        gate.on_review_answer(&c, Some(201), SAR_ALLOWED),
+        Step::Forward(_)
+    ));
+    assert_eq!(gate.entry.reason, "allowed by SubjectAccessReview");
+    assert!(!format!("{:?}", gate.entry).contains("abc.def.ghi"));
+
+    let (mut gate, step) = start(&c, "GET", "/metrics", &[BEARER]);
+    callout(step);
+    reply(gate.on_answer(&c, Err(ApiserverTrouble("apiserver timeout".into()))));
+    assert_eq!(gate.entry.reason, "apiserver timeout");
+}

@@ -52,6 +52,12 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_shared_data(
         key: *const u8,
         key_size: usize,
@@ -163,9 +169,8 @@ pub fn buffer(kind: u32, max: usize) -> Result<Vec<u8>, HostError> {
     }
 }
 
-/// A property such as `connection.subject_peer_certificate` (path segments joined by NUL).
-pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
-    let serialized = path.join("\0");
+/// A property, by its path: the segments joined by NUL (e.g. `"connection\0subject_peer_certificate"`).
+pub fn property(serialized: &str) -> Result<Option<Vec<u8>>, HostError> {
     let (mut data, mut size) = (null_mut(), 0);
     let code =
         unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
@@ -175,6 +180,12 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
         NOT_FOUND => Ok(None),
         other => Err(HostError(other)),
     }
+}
+
+/// Sets filter state `wasm.<key>` of the current stream (Envoy's access log reads it). The key is
+/// one path segment: Envoy uses it as given.
+pub fn set_property(key: &str, value: &[u8]) -> Result<(), HostError> {
+    status(unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
 }
 
 /// A shared-data value and its CAS token; `(None, 0)` when the key was never written.

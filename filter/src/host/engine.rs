@@ -15,6 +15,7 @@ use super::abi;
 use super::memo;
 use super::shared::{self, CalloutLease, Slot};
 use super::Shared;
+use crate::access_log::CacheUse;
 use crate::cache::{self, Lookup, Record};
 use crate::gate::{Callout, Gate, Step};
 use crate::header_map;
@@ -55,6 +56,8 @@ pub struct RequestState {
     /// The review being asked (or waited for), and when the request arrived.
     pending: Option<Callout>,
     now_ms: u64,
+    /// When the request reached the filter (its access-log entry's `review_ms` counts from here).
+    arrived_ms: u64,
     waiting_since_ms: Option<u64>,
     /// This request claimed the question's slot (and must release it if it goes away).
     owns_slot: bool,
@@ -80,6 +83,7 @@ impl RequestState {
             gate: Gate::default(),
             pending: None,
             now_ms,
+            arrived_ms: now_ms,
             waiting_since_ms: None,
             owns_slot: false,
             slot_key: String::new(),
@@ -124,10 +128,14 @@ pub fn advance(id: u32, mut state: RequestState, mut step: Step, phase: Phase) -
     for _ in 0..8 {
         step = match step {
             Step::Reply(reply) => {
+                hand_to_access_log(&state, reply.outcome);
                 send_reply(&state.shared, &reply);
                 return Verdict::Pause;
             }
-            Step::Forward(forward) => return forward_request(&state.shared, forward, phase),
+            Step::Forward(forward) => {
+                hand_to_access_log(&state, Outcome::Allowed);
+                return forward_request(&state.shared, forward, phase);
+            }
             Step::Call(callout) => match ask(id, &mut state, callout) {
                 Asked::Answer(answer) => {
                     let answer = or_stale(&mut state, answer);
@@ -154,9 +162,26 @@ pub fn advance(id: u32, mut state: RequestState, mut step: Step, phase: Phase) -
     let detail = "too many steps for one request".to_owned();
     let step = state.gate.trouble(&state.shared.config, detail);
     if let Step::Reply(reply) = step {
+        hand_to_access_log(&state, reply.outcome);
         send_reply(&state.shared, &reply);
     }
     Verdict::Pause
+}
+
+/// The decision, for Envoy's access log (filter state; see `access_log`). Set before the reply or
+/// the forward, while the stream is certainly there; a host that refuses is not worth failing
+/// the request over.
+fn hand_to_access_log(state: &RequestState, outcome: Outcome) {
+    if !state.shared.config.access_log {
+        return;
+    }
+    let mut entry = state.gate.entry.clone();
+    if matches!(entry.cache, CacheUse::Miss | CacheUse::Coalesced) {
+        entry.review_ms = Some(abi::now_ms().saturating_sub(state.arrived_ms));
+    }
+    for (key, value) in entry.properties(outcome) {
+        let _ = abi::set_property(key, &value);
+    }
 }
 
 enum Asked {
@@ -184,6 +209,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
     if let Some((answer, stored_ms)) = memo::get(callout.table, &callout.key, now) {
         if cache::fresh_for_reader(stored_ms, callout.ttl_seconds(config, &answer), now) {
             shared.metrics.count_cache(true);
+            state.gate.entry.cache = state.gate.entry.cache.and(CacheUse::Hit);
             state.waiting_since_ms = None;
             return Asked::Answer(Ok(answer));
         }
@@ -214,6 +240,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                         .is_some_and(|since| stored_ms >= since) =>
                 {
                     shared.metrics.count_cache(true);
+                    state.gate.entry.cache = state.gate.entry.cache.and(CacheUse::Hit);
                     state.waiting_since_ms = None;
                     if let Some(expires_ms) = slot.answer_expiry() {
                         memo::put(callout.table, &callout.key, &answer, stored_ms, expires_ms);
@@ -239,6 +266,7 @@ fn ask(id: u32, state: &mut RequestState, callout: Callout) -> Asked {
                     state.waiting_since_ms = Some(now);
                     state.deadline_ms = now.saturating_add(lease_ms(config.apiserver_timeout_ms));
                     shared.metrics.count_coalesced();
+                    state.gate.entry.cache = state.gate.entry.cache.and(CacheUse::Coalesced);
                 }
                 WAITERS.with(|w| w.borrow_mut().push(id));
                 state.pending = Some(callout);
@@ -280,6 +308,7 @@ fn lease_ms(timeout_ms: u64) -> u64 {
 }
 
 fn dispatch(id: u32, state: &mut RequestState, callout: Callout, now: u64) -> Asked {
+    state.gate.entry.cache = CacheUse::Miss;
     let shared = Rc::clone(&state.shared);
     let config = &shared.config;
     // The cap first: a request it refuses must not spend the node's review budget.
@@ -561,6 +590,10 @@ fn forward_request(shared: &Shared, forward: crate::gate::Forward, phase: Phase)
         // The caller's credentials might still be on the request: do not let it pass.
         let mut reply = Reply::apiserver_unavailable(shared.config.retry_after_seconds);
         reply.log_detail = Some(format!("cannot edit request headers: {status:?}"));
+        if shared.config.access_log {
+            let _ = abi::set_property(crate::access_log::DECISION, b"apiserver_error");
+            let _ = abi::set_property(crate::access_log::REASON, b"cannot edit request headers");
+        }
         send_reply(shared, &reply);
         return Verdict::Pause;
     }

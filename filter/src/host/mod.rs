@@ -185,7 +185,7 @@ fn request_headers(id: u32, shared: Option<Rc<Shared>>) -> Verdict {
     let text = |name: &str| map.get(name).and_then(|v| std::str::from_utf8(v).ok());
     // Only looked up when trusted: one host call less on every other request.
     let peer_subject = if shared.config.client_certificates {
-        abi::property(&["connection", "subject_peer_certificate"])
+        abi::property("connection\0subject_peer_certificate")
             .ok()
             .flatten()
             .and_then(|bytes| String::from_utf8(bytes).ok())

@@ -47,6 +47,7 @@ impl Files {
         apiserver.port = 1; // never contacted by the stub
         apiserver.ca_file = self.path("ca.crt");
         Stack {
+            access_log: true,
             node_ip: NODE_IP.into(),
             admin_socket: self.path("admin.sock"),
             own_listener: None,

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod access_log;
 mod admin_off_tcp;
 mod adversarial_credentials;
 mod adversarial_headers;
