@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use crate::k8s_status::{encode, wants_pretty, Status};
 use crate::rbac::{default_rbac_files, Attributes, Rbac};
 use crate::tls::TestCa;
 use crate::components::Verdict;
-use crate::tokens::{token_digest, TokenIssuer, VerifiedUser};
+use crate::tokens::{token_digest, TokenError, TokenIssuer, VerifiedUser};
 
 pub const TOKENREVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 pub const SUBJECTACCESSREVIEWS_PATH: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
@@ -53,12 +53,16 @@ pub enum Fault {
     BinaryGarbage,
     /// 403 Status: the proxy's own account may not create reviews (RBAC missing).
     ForbiddenToProxy,
+    /// Reviews are answered, issuer discovery (`/openid/v1/jwks`, …) gets 503.
+    DiscoveryDown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallKind {
     TokenReview,
     SubjectAccessReview,
+    /// `GET /.well-known/openid-configuration` or `/openid/v1/jwks` (see `discovery`).
+    Discovery,
     Other,
 }
 
@@ -100,12 +104,47 @@ impl Default for MockApiserverOptions {
 }
 
 struct State {
-    issuer: Arc<TokenIssuer>,
+    /// Signs new tokens; with `retired`, the keys tokens verify against (the apiserver's
+    /// `--service-account-key-file` keys) and that `/openid/v1/jwks` lists.
+    issuer: RwLock<Arc<TokenIssuer>>,
+    retired: RwLock<Vec<Arc<TokenIssuer>>>,
     rbac: Rbac,
     fault: Mutex<Fault>,
     calls: Mutex<Vec<RecordedCall>>,
     /// Reviews the fake kube-scheduler / kube-controller-manager asked (see `DelegatedAuth`).
     delegated_calls: Mutex<Vec<RecordedCall>>,
+    /// What the discovery document names as the JWKS's host: `https://kubernetes.default.svc`, as
+    /// a cluster's apiserver says (its `--service-account-jwks-uri` default is its own address).
+    external_url: String,
+}
+
+impl State {
+    fn current_issuer(&self) -> Arc<TokenIssuer> {
+        self.issuer.read().unwrap().clone()
+    }
+
+    /// Every verification key, the signing one first.
+    fn keys(&self) -> Vec<Arc<TokenIssuer>> {
+        let mut keys = vec![self.current_issuer()];
+        keys.extend(self.retired.read().unwrap().iter().cloned());
+        keys
+    }
+
+    /// Verifies against every key, as kube-apiserver does with several
+    /// `--service-account-key-file`s; the signing key's verdict when none accepts the token.
+    fn verify(&self, token: &str, audiences: &[String]) -> Result<VerifiedUser, TokenError> {
+        let keys = self.keys();
+        let mut first = None;
+        for key in &keys {
+            match key.verify(token, audiences) {
+                Ok(user) => return Ok(user),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or(TokenError::Malformed))
+    }
 }
 
 pub struct MockApiserver {
@@ -133,11 +172,13 @@ impl MockApiserver {
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         );
         let state = Arc::new(State {
-            issuer: opts.issuer.unwrap_or_else(TokenIssuer::shared),
+            issuer: RwLock::new(opts.issuer.unwrap_or_else(TokenIssuer::shared)),
+            retired: RwLock::new(Vec::new()),
             rbac,
             fault: Mutex::new(Fault::None),
             calls: Mutex::new(Vec::new()),
             delegated_calls: Mutex::new(Vec::new()),
+            external_url: "https://kubernetes.default.svc".into(),
         });
         let st = state.clone();
         let handler: Handler = Arc::new(move |req| {
@@ -169,7 +210,22 @@ impl MockApiserver {
 
     /// The issuer whose tokens this apiserver accepts: mint client and proxy tokens with it.
     pub fn issuer(&self) -> Arc<TokenIssuer> {
-        self.state.issuer.clone()
+        self.state.current_issuer()
+    }
+
+    /// Rotates the signing key as an operator does: new tokens are signed with a fresh key, tokens
+    /// of the old one still verify (it stays among the verification keys), and the JWKS lists
+    /// both. Returns the new issuer.
+    pub fn rotate_signing_key(&self) -> Arc<TokenIssuer> {
+        let fresh = Arc::new(TokenIssuer::with_fresh_key());
+        let old = std::mem::replace(&mut *self.state.issuer.write().unwrap(), fresh.clone());
+        self.state.retired.write().unwrap().push(old);
+        fresh
+    }
+
+    /// Drops every retired key: their tokens no longer verify, the JWKS lists the current key only.
+    pub fn retire_old_keys(&self) {
+        self.state.retired.write().unwrap().clear();
     }
 
     pub fn rbac(&self) -> &Rbac {
@@ -408,6 +464,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
     let kind = match path.as_str() {
         TOKENREVIEWS_PATH => CallKind::TokenReview,
         SUBJECTACCESSREVIEWS_PATH => CallKind::SubjectAccessReview,
+        discovery::OPENID_CONFIGURATION_PATH | discovery::JWKS_PATH => CallKind::Discovery,
         _ => CallKind::Other,
     };
     let user_agent = req
@@ -423,7 +480,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
         .map(|t| t.trim().to_string());
     let caller = bearer
         .as_deref()
-        .and_then(|t| st.issuer.verify(t, &[]).ok());
+        .and_then(|t| st.verify(t, &[]).ok());
     let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -454,14 +511,27 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
         let delay = match ctx.kind {
             CallKind::TokenReview => token_review,
             CallKind::SubjectAccessReview => access_review,
-            CallKind::Other => Duration::ZERO,
+            CallKind::Discovery | CallKind::Other => Duration::ZERO,
         };
         tokio::time::sleep(delay).await;
     }
     if let Fault::Slow(d) = fault {
         tokio::time::sleep(d).await;
     }
-    let (resp, spec) = match fault {
+    let discovered = match fault {
+        Fault::DiscoveryDown if ctx.kind == CallKind::Discovery => Some(respond(
+            503,
+            "text/plain",
+            "mock apiserver fault: issuer discovery unavailable",
+        )),
+        Fault::None | Fault::Slow(_) | Fault::SlowReviews { .. } | Fault::DiscoveryDown => {
+            discovery::answer(&st, &ctx, &st.external_url)
+        }
+        _ => None,
+    };
+    let (resp, spec) = match (discovered, fault) {
+        (Some(resp), _) => (resp, Value::Null),
+        (None, fault) => match fault {
         Fault::ServerError => (
             status_resp(
                 &ctx,
@@ -486,6 +556,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Resp {
             (resp, Value::Null)
         }
         _ => review(&st, &ctx, method_ok, content_type.as_deref(), &body),
+        },
     };
     let spec = if spec.is_null() {
         recorded_spec(ctx.kind, &body)
@@ -613,7 +684,7 @@ fn token_review(st: &State, ctx: &Ctx, body: &Bytes) -> (Resp, Value) {
         let s = Status::bad_request("spec.token: Required value: token must not be empty".into());
         return (status_resp(ctx, s), recorded);
     }
-    let status = match st.issuer.verify(&spec.token, &spec.audiences) {
+    let status = match st.verify(&spec.token, &spec.audiences) {
         Ok(u) => TokenReviewStatus {
             authenticated: true,
             user: UserInfo {
@@ -722,6 +793,9 @@ fn recorded_spec(kind: CallKind, body: &Bytes) -> Value {
     spec
 }
 
+mod discovery;
+pub use discovery::{JWKS_PATH, OPENID_CONFIGURATION_PATH};
+
 #[cfg(test)]
 mod tests;
 
@@ -817,7 +891,7 @@ impl DelegatedAuth {
             // "tokenreviews ... connection refused": the request is Unauthorized.
             return Verdict::Unauthenticated;
         }
-        let verdict = match self.state.issuer.verify(token, &[]) {
+        let verdict = match self.state.verify(token, &[]) {
             Err(_) => {
                 self.record(CallKind::TokenReview, json!({"token": token_digest(token)}), 201);
                 Verdict::Unauthenticated

@@ -258,6 +258,8 @@ pub struct TokenIssuer {
     encoding: EncodingKey,
     decoding: DecodingKey,
     public_key_pem: String,
+    /// The public key as a JSON Web Key (what `/openid/v1/jwks` lists).
+    jwk: serde_json::Value,
     kid: String,
     issuer: String,
     api_audiences: Vec<String>,
@@ -298,10 +300,23 @@ impl TokenIssuer {
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
             Sha256::digest(der.as_bytes()),
         );
+        let b64 = |bytes: Vec<u8>| {
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        };
+        // Field order and members as kube-apiserver's /openid/v1/jwks has them.
+        let jwk = serde_json::json!({
+            "use": "sig",
+            "kty": "RSA",
+            "kid": kid,
+            "alg": "RS256",
+            "n": b64(public.n().to_bytes_be()),
+            "e": b64(public.e().to_bytes_be()),
+        });
         TokenIssuer {
             encoding,
             decoding,
             public_key_pem,
+            jwk,
             kid,
             issuer: APISERVER_ISSUER.into(),
             api_audiences: apiserver_audiences(),
@@ -314,6 +329,16 @@ impl TokenIssuer {
 
     pub fn api_audiences(&self) -> &[String] {
         &self.api_audiences
+    }
+
+    /// The verification key as a JSON Web Key, with its `kid`.
+    pub fn jwk(&self) -> &serde_json::Value {
+        &self.jwk
+    }
+
+    /// The `kid` every token of this issuer names.
+    pub fn kid(&self) -> &str {
+        &self.kid
     }
 
     /// The verification key, PEM (SubjectPublicKeyInfo), e.g. for `--service-account-key-file`.
