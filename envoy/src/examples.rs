@@ -75,6 +75,7 @@ fn node_stack(client: ClientCertificates) -> Stack {
 fn node_stack_of(presets: &[Preset], client: ClientCertificates) -> Stack {
     Stack {
         access_log: true,
+        local_token_verification: None,
         node_ip: NodeAddress::node_ip_placeholder(),
         admin_socket: ADMIN_SOCKET.into(),
         own_listener: Some(OwnListener {
@@ -117,6 +118,7 @@ pub fn kube_proxy_node() -> Stack {
 pub fn sidecar() -> Stack {
     Stack {
         access_log: true,
+        local_token_verification: None,
         node_ip: NodeAddress::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         admin_socket: ADMIN_SOCKET.into(),
         own_listener: Some(OwnListener {
@@ -147,6 +149,7 @@ pub fn sidecar() -> Stack {
 pub fn local_plaintext() -> Stack {
     Stack {
         access_log: true,
+        local_token_verification: None,
         node_ip: NodeAddress::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
         admin_socket: ".local/testbed/admin.sock".into(),
         own_listener: Some(OwnListener {
@@ -177,6 +180,7 @@ pub fn local_plaintext() -> Stack {
 pub fn compose() -> Stack {
     Stack {
         access_log: true,
+        local_token_verification: None,
         node_ip: NodeAddress::node_ip_placeholder(),
         // The compose service's Envoy writes to /tmp (its image's user cannot create /var/run dirs).
         admin_socket: "/tmp/metrics-gate-admin.sock".into(),

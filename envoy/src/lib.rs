@@ -12,14 +12,15 @@ pub mod access_log;
 pub mod cert;
 pub mod examples;
 pub mod file;
+pub mod local_verification;
 pub mod model;
 pub mod own_endpoints;
 mod render;
 pub mod testing;
 
 pub use model::{
-    Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, NodeAddress, OwnListener,
-    Preset, Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
+    Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, LocalTokenVerification,
+    NodeAddress, OwnListener, Preset, Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
 };
 pub use render::{
     bootstrap, paused_request_bound_ms, render, render_yaml, sds_client_ca, sds_resource,

@@ -33,6 +33,38 @@ pub struct Stack {
     pub components: Vec<Component>,
     /// One JSON line per request on Envoy's stdout (see [`crate::access_log`]).
     pub access_log: bool,
+    /// Verify ServiceAccount tokens in Envoy against the issuer's published keys, sparing their
+    /// TokenReviews (opt-in; see [`crate::local_verification`]).
+    pub local_token_verification: Option<LocalTokenVerification>,
+}
+
+/// Which ServiceAccount tokens Envoy may verify itself (see [`crate::local_verification`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalTokenVerification {
+    /// The cluster's service-account issuer (kube-apiserver's `--service-account-issuer`): a
+    /// token's `iss` must be exactly this.
+    pub issuer: String,
+    /// A token must name one of these (kube-apiserver's `--api-audiences`, by default the issuer).
+    pub audiences: Vec<String>,
+    /// A token valid for longer than this from now is not verified locally but reviewed: the bound
+    /// on how long the token of a deleted pod or ServiceAccount goes on working here.
+    pub max_lifetime_seconds: u32,
+    /// How long fetched keys are used before they are fetched again (a new signing key is
+    /// verified locally once they are; its tokens are reviewed until then).
+    pub jwks_cache_seconds: u32,
+}
+
+impl LocalTokenVerification {
+    /// An hour at most (what the kubelet gives a projected ServiceAccount token by default), keys
+    /// fetched again every five minutes.
+    pub fn for_issuer(issuer: &str) -> LocalTokenVerification {
+        LocalTokenVerification {
+            issuer: issuer.into(),
+            audiences: vec![issuer.into()],
+            max_lifetime_seconds: 3_600,
+            jwks_cache_seconds: 300,
+        }
+    }
 }
 
 /// The gate's own listener, on `node_ip` beside the component listeners.

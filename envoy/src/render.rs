@@ -54,6 +54,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
 use crate::access_log;
+use crate::local_verification;
 use crate::model::{
     Apiserver, ClientCertificates, Component, ListenerTls, Stack, UpstreamCredentials, UpstreamTls,
 };
@@ -262,16 +263,23 @@ fn to_yaml<T: Message + Name>(msg: &T) -> String {
 /// (the filter cannot read files) and forwards to the real apiserver. Only POSTs of the two reviews
 /// are routed (anything else gets 404), so nothing can spend the proxy's token on another API call.
 fn credentials_listener(stack: &Stack) -> Listener {
+    // With local token verification, also `jwt_authn`'s GET of the issuer's public keys.
+    let jwks = stack
+        .local_token_verification
+        .as_ref()
+        .map(|_| ("GET", local_verification::JWKS_PATH));
     let routes = REVIEW_PATHS
         .iter()
-        .map(|path| Route {
+        .map(|path| ("POST", *path))
+        .chain(jwks)
+        .map(|(method, path)| Route {
             r#match: Some(RouteMatch {
-                path_specifier: Some(route_match::PathSpecifier::Path((*path).into())),
+                path_specifier: Some(route_match::PathSpecifier::Path(path.into())),
                 headers: vec![HeaderMatcher {
                     name: ":method".into(),
                     header_match_specifier: Some(
                         envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier::StringMatch(
-                            exact("POST"),
+                            exact(method),
                         ),
                     ),
                     ..Default::default()
@@ -388,6 +396,9 @@ pub(crate) fn gated_listener(
     // clients such as curl 7.x take for an error; and no body is in flight while it decides.
     // Scrapes have no body: for them this filter passes the headers straight on.
     http_filters.push(request_buffer());
+    if let Some(v) = &stack.local_token_verification {
+        http_filters.push(local_verification::jwt_authn(stack, v));
+    }
     http_filters.push(wasm_filter(stack, c));
     if c.upstream_credentials == UpstreamCredentials::Proxy {
         // After the filter: only admitted requests get the proxy's token, and it overwrites
@@ -560,6 +571,9 @@ fn wasm_filter(stack: &Stack, c: &Component) -> HttpFilter {
     if let (false, Value::Object(map)) = (stack.access_log, &mut configuration) {
         // Nothing reads the decision: spare the filter handing it over.
         map.insert("access_log".into(), Value::Bool(false));
+    }
+    if let (Some(_), Value::Object(map)) = (&stack.local_token_verification, &mut configuration) {
+        map.insert("local_token_verification".into(), Value::Bool(true));
     }
     let wasm = Wasm {
         config: Some(PluginConfig {

@@ -11,6 +11,7 @@ use crate::*;
 fn stack(components: Vec<Component>) -> Stack {
     Stack {
         access_log: true,
+        local_token_verification: None,
         node_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)).into(),
         admin_socket: crate::own_endpoints::ADMIN_SOCKET.into(),
         own_listener: None,

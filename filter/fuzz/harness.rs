@@ -869,6 +869,7 @@ pub fn gate(data: &[u8]) {
         path: &path,
         headers: &headers,
         peer_subject: peer_subject.as_deref(),
+        verified_subject: None,
     };
     // The question the gate waits for, whether the caller is authenticated, whether it is over.
     let mut outstanding: Option<Table> = None;

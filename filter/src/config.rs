@@ -51,6 +51,10 @@ pub struct Config {
     /// Hand each decision to Envoy's access log as filter state (see `access_log`); off saves
     /// those host calls where no access log reads them.
     pub access_log: bool,
+    /// Take the user from a ServiceAccount token that Envoy's `jwt_authn` filter (in front of this
+    /// one) verified against the issuer's published keys, instead of a TokenReview; tokens it did
+    /// not verify still get one. The renderer sets it together with that filter.
+    pub local_token_verification: bool,
 }
 
 /// How long answers are remembered (kube-rbac-proxy's defaults); 0 turns a kind off.
@@ -165,6 +169,7 @@ struct RawConfig {
     client_certificates: bool,
     forward_caller_credentials: bool,
     access_log: bool,
+    local_token_verification: bool,
 }
 
 #[derive(Default)]
@@ -222,6 +227,7 @@ impl RawConfig {
                 "client_certificates",
                 "forward_caller_credentials",
                 "access_log",
+                "local_token_verification",
             ],
         )?;
         let api = top.object("apiserver", &["cluster", "authority", "timeout_ms"])?;
@@ -310,6 +316,7 @@ impl RawConfig {
             client_certificates: top.boolean("client_certificates")?.unwrap_or(false),
             forward_caller_credentials: top.boolean("forward_caller_credentials")?.unwrap_or(false),
             access_log: top.boolean("access_log")?.unwrap_or(true),
+            local_token_verification: top.boolean("local_token_verification")?.unwrap_or(false),
         })
     }
 
@@ -458,6 +465,7 @@ impl RawConfig {
             client_certificates: self.client_certificates,
             forward_caller_credentials: self.forward_caller_credentials,
             access_log: self.access_log,
+            local_token_verification: self.local_token_verification,
         })
     }
 }

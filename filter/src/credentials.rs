@@ -160,6 +160,37 @@ pub fn certificate_identity(subject: &str) -> Option<(String, Vec<String>)> {
     Some((user, groups))
 }
 
+/// The user kube-apiserver's ServiceAccount authenticator makes of a verified token whose `sub` is
+/// `system:serviceaccount:<namespace>:<name>`: that username, and the groups
+/// `system:serviceaccounts`, `system:serviceaccounts:<namespace>`, `system:authenticated`. For a
+/// token Envoy's `jwt_authn` verified against the issuer's published keys (see
+/// `Config::local_token_verification`); anything else is not a ServiceAccount (`None`: the token
+/// goes to the TokenReview).
+pub fn service_account_identity(subject: &str) -> Option<(String, Vec<String>)> {
+    let rest = subject.strip_prefix("system:serviceaccount:")?;
+    let (namespace, name) = rest.split_once(':')?;
+    // Namespaces are DNS labels and ServiceAccount names DNS subdomains: lowercase letters,
+    // digits, '-' and '.'. Nothing else can be a ServiceAccount the apiserver would accept.
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 253
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !plain(namespace) || !plain(name) {
+        return None;
+    }
+    Some((
+        subject.to_owned(),
+        vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".to_owned(),
+        ],
+    ))
+}
+
 fn split_unescaped(text: &str, separator: char) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut escaped = false;
@@ -195,7 +226,7 @@ fn unescape(value: &str) -> String {
 
 #[cfg(test)]
 mod certificate_tests {
-    use super::certificate_identity;
+    use super::{certificate_identity, service_account_identity};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -233,5 +264,35 @@ mod certificate_tests {
         assert_eq!(certificate_identity("O=masters"), None);
         assert_eq!(certificate_identity(""), None);
         assert_eq!(certificate_identity("CN="), None);
+    }
+
+    #[test]
+    fn a_service_account_subject_is_the_user_the_apiserver_makes_of_it() {
+        let (user, groups) =
+            service_account_identity("system:serviceaccount:observability:prometheus-server")
+                .unwrap();
+        assert_eq!(user, "system:serviceaccount:observability:prometheus-server");
+        assert_eq!(
+            groups,
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:observability",
+                "system:authenticated"
+            ]
+        );
+        for not_one in [
+            "",
+            "system:serviceaccount:",
+            "system:serviceaccount:ns",
+            "system:serviceaccount::name",
+            "system:serviceaccount:ns:",
+            "system:serviceaccount:ns:a:b",
+            "system:serviceaccount:NS:name",
+            "system:serviceaccount:ns:name with space",
+            "system:admin",
+            "kubernetes-admin",
+        ] {
+            assert_eq!(service_account_identity(not_one), None, "{not_one:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use metrics_gate_envoy::{
 };
 use serde_json::{json, Value};
 
-use crate::apiserver::MockApiserver;
+use crate::apiserver::{Fault, MockApiserver};
 use crate::components::{delegated, ComponentKind, ComponentOptions, FakeComponent};
 use crate::envoy_process::{EnvoyOptions, EnvoyProcess};
 use crate::raw_http::{self, Response};
@@ -104,6 +104,10 @@ pub struct StackOptions {
     pub upstream_credentials: Vec<(Preset, UpstreamCredentials)>,
     /// Render without the access log (on by default, as shipped).
     pub no_access_log: bool,
+    /// Verify ServiceAccount tokens in Envoy (`jwt_authn` in front of the filter).
+    pub local_token_verification: Option<metrics_gate_envoy::LocalTokenVerification>,
+    /// A fault the mock apiserver has from the start, before Envoy asks it anything.
+    pub apiserver_fault: Option<Fault>,
 }
 
 /// kube-scheduler's and kube-controller-manager's default `--authorization-always-allow-paths`.
@@ -136,6 +140,8 @@ impl Default for StackOptions {
             listener_tls: ListenerTls::Plaintext,
             upstream_credentials: Vec::new(),
             no_access_log: false,
+            local_token_verification: None,
+            apiserver_fault: None,
         }
     }
 }
@@ -175,6 +181,9 @@ impl LocalStack {
             ..Default::default()
         })
         .context("starting the mock kube-apiserver")?;
+        if let Some(fault) = &opts.apiserver_fault {
+            apiserver.set_fault(fault.clone());
+        }
         let files = tempfile::tempdir()?;
         let ca_file = crate::tls::write_pem(files.path(), "apiserver-ca.crt", apiserver.ca_pem())?;
 
@@ -266,6 +275,7 @@ impl LocalStack {
 
         let stack = metrics_gate_envoy::Stack {
             access_log: !opts.no_access_log,
+            local_token_verification: opts.local_token_verification.clone(),
             node_ip: NODE_IP.into(),
             admin_socket: files.path().join("admin.sock").to_string_lossy().into_owned(),
             own_listener: Some(OwnListener {

@@ -110,6 +110,23 @@ struct BootstrapArgs {
     /// Timeout of the review callouts' route [default: 5000].
     #[arg(long, value_name = "MS")]
     apiserver_timeout_ms: Option<u32>,
+    /// Verify ServiceAccount tokens of this issuer in Envoy (jwt_authn, the apiserver's published
+    /// keys) instead of a TokenReview each; others are still reviewed. The cluster's
+    /// --service-account-issuer, e.g. https://kubernetes.default.svc.cluster.local
+    #[arg(long, value_name = "ISSUER")]
+    verify_tokens_locally: Option<String>,
+    /// With --verify-tokens-locally: the audiences a token must name [default: the issuer].
+    #[arg(long, value_name = "AUDIENCE", requires = "verify_tokens_locally")]
+    token_audience: Vec<String>,
+    /// With --verify-tokens-locally: tokens valid for longer than this from now are reviewed
+    /// instead (how long a deleted pod's token can go on working here).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 3600,
+        requires = "verify_tokens_locally"
+    )]
+    token_max_lifetime_seconds: u32,
     /// No access log (by default one JSON line per request on stdout: who, what, the decision
     /// and why; never a token).
     #[arg(long)]
@@ -306,6 +323,14 @@ fn bootstrap(args: BootstrapArgs) -> Result<String, String> {
         tls,
         components,
         access_log: !args.no_access_log,
+        local_token_verification: args.verify_tokens_locally.as_deref().map(|issuer| {
+            let mut v = metrics_gate_envoy::LocalTokenVerification::for_issuer(issuer);
+            if !args.token_audience.is_empty() {
+                v.audiences = args.token_audience.clone();
+            }
+            v.max_lifetime_seconds = args.token_max_lifetime_seconds;
+            v
+        }),
     };
     stack.check().map_err(|e| e.to_string())?;
     if args.json {

@@ -32,6 +32,7 @@ fn start(config: &Config, method: &str, path: &str, pairs: &[(&str, &str)]) -> (
             path,
             headers: &headers,
             peer_subject: None,
+            verified_subject: None,
         },
     );
     (gate, step)
@@ -229,6 +230,7 @@ fn an_identity_header_whose_name_is_not_utf8_is_removed_too() {
             path: "/metrics",
             headers: &headers,
             peer_subject: None,
+            verified_subject: None,
         },
     );
     gate.on_review_answer(&c, Some(201), PROMETHEUS_TR);
@@ -413,6 +415,7 @@ fn a_verified_client_certificate_is_the_identity_when_trusted() {
         path: "/metrics",
         headers: &headers,
         peer_subject: Some("CN=scraper,O=monitoring"),
+        verified_subject: None,
     };
     // Straight to the SubjectAccessReview: no TokenReview for a certificate.
     let sar = callout(gate.on_request(&c, &head));
@@ -532,4 +535,47 @@ fn the_access_log_entry_names_the_user_and_the_reason_never_the_token() {
     callout(step);
     reply(gate.on_answer(&c, Err(ApiserverTrouble("apiserver timeout".into()))));
     assert_eq!(gate.entry.reason, "apiserver timeout");
+}
+
+#[test]
+fn a_token_verified_locally_skips_the_token_review_only_when_configured() {
+    let sub = "system:serviceaccount:observability:prometheus-server";
+    let ask = |c: &Config, pairs: &[(&str, &str)], verified: Option<&str>| {
+        let headers = headers(pairs);
+        let mut gate = Gate::default();
+        let head = RequestHead {
+            method: "GET",
+            path: "/metrics",
+            headers: &headers,
+            peer_subject: None,
+            verified_subject: verified,
+        };
+        (gate.on_request(c, &head), gate)
+    };
+    let local = config(r#"{"local_token_verification":true}"#);
+    // Straight to the SubjectAccessReview, with the user the apiserver would make.
+    let (step, mut gate) = ask(&local, &[BEARER], Some(sub));
+    let sar = callout(step);
+    assert_eq!(sar.table, Table::AccessReview);
+    let body: serde_json::Value = serde_json::from_slice(&sar.body(&local)).unwrap();
+    assert_eq!(body["spec"]["user"], sub);
+    assert_eq!(
+        body["spec"]["groups"],
+        serde_json::json!(["system:serviceaccounts", "system:serviceaccounts:observability", "system:authenticated"])
+    );
+    let Step::Forward(forward) = gate.on_answer(&local, Ok(Answer::Access(true))) else {
+        panic!("expected forward")
+    };
+    assert_eq!(forward.remove, [b"authorization"], "the token is still removed");
+    assert_eq!(gate.entry.user.as_deref(), Some(sub));
+
+    // Not verified, or not a ServiceAccount: the TokenReview, as always.
+    for verified in [None, Some("system:admin"), Some("")] {
+        assert_eq!(callout(ask(&local, &[BEARER], verified).0).table, Table::TokenReview, "{verified:?}");
+    }
+    // Without the option the metadata is not trusted.
+    assert_eq!(callout(ask(&config("{}"), &[BEARER], Some(sub)).0).table, Table::TokenReview);
+    // The request still needs exactly one bearer token.
+    assert_eq!(reply(ask(&local, &[], Some(sub)).0).status, 401);
+    assert_eq!(reply(ask(&local, &[BEARER, BEARER], Some(sub)).0).status, 401);
 }

@@ -155,6 +155,10 @@ fn configure() -> Option<Rc<Shared>> {
 }
 
 /// A request's headers have arrived (stream `id`, of a plugin configured as `shared`, if it was).
+/// `sub` of the payload `jwt_authn` puts in the request's dynamic metadata (provider setting
+/// `payload_in_metadata: kubernetes`, which the renderer writes).
+const VERIFIED_SUBJECT: &str = "metadata\0filter_metadata\0envoy.filters.http.jwt_authn\0kubernetes\0sub";
+
 fn request_headers(id: u32, shared: Option<Rc<Shared>>) -> Verdict {
     let Some(shared) = shared else {
         // Envoy creates no streams for a configuration it refused; if it ever did, refuse them.
@@ -193,11 +197,21 @@ fn request_headers(id: u32, shared: Option<Rc<Shared>>) -> Verdict {
     } else {
         None
     };
+    // What `jwt_authn` verified (its payload, in the dynamic metadata it alone writes).
+    let verified_subject = if shared.config.local_token_verification {
+        abi::property(VERIFIED_SUBJECT)
+            .ok()
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+    } else {
+        None
+    };
     let head = RequestHead {
         method: text(":method").unwrap_or(""),
         path: text(":path").unwrap_or(""),
         headers: &headers,
         peer_subject: peer_subject.as_deref(),
+        verified_subject: verified_subject.as_deref(),
     };
     let step = state.gate.on_request(&shared.config, &head);
     engine::advance(id, state, step, Phase::Headers)

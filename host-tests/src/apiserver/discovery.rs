@@ -94,16 +94,9 @@ mod tests {
             .collect()
     }
 
+    /// The shipped RBAC grants the proxy's ServiceAccount the discovery paths.
     fn with_discovery_grant() -> crate::apiserver::MockApiserverOptions {
-        let mut rbac_files = crate::rbac::default_rbac_files();
-        rbac_files.push(
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures/rbac/issuer-discovery.yaml"),
-        );
-        crate::apiserver::MockApiserverOptions {
-            rbac_files,
-            ..Default::default()
-        }
+        crate::apiserver::MockApiserverOptions::default()
     }
 
     #[tokio::test]

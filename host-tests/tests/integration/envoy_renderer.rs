@@ -48,6 +48,7 @@ impl Files {
         apiserver.ca_file = self.path("ca.crt");
         Stack {
             access_log: true,
+            local_token_verification: None,
             node_ip: NODE_IP.into(),
             admin_socket: self.path("admin.sock"),
             own_listener: None,

@@ -33,6 +33,7 @@ mod head_requests;
 mod header_bytes;
 mod http2_early_replies;
 mod invalid_config;
+mod local_token_verification;
 mod kube_prometheus_rules;
 mod manifests_valid;
 mod methods;
