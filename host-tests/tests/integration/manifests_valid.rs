@@ -193,6 +193,7 @@ fn check_service_monitor(o: &Value, objs: &[Value]) {
 const PLUGIN_FIELDS: &[&str] = &[
     "apiserver", "allowed_paths", "audiences", "authorization", "identity_headers", "retry_after_seconds",
     "max_token_bytes", "cache", "max_callouts_in_flight", "max_reviews_per_second", "client_certificates", "forward_caller_credentials",
+    "access_log", "local_token_verification",
 ];
 
 fn check_custom(o: &Value, objs: &[Value], envoy_checked: &mut usize) {
