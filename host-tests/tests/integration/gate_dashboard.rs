@@ -101,6 +101,12 @@ impl Prometheus {
     }
 }
 
+/// `$__rate_interval` in seconds: max($__interval + scrape interval, 4 × scrape interval), with the
+/// data source's scrape interval set to Prometheus's and `$__interval` the step, the scrape interval.
+fn rate_interval() -> u64 {
+    (SCRAPE_SECONDS + SCRAPE_SECONDS).max(4 * SCRAPE_SECONDS)
+}
+
 /// What Grafana puts in place of the dashboard's variables.
 struct Variables {
     job: String,
@@ -111,11 +117,10 @@ struct Variables {
 }
 
 /// Grafana's Prometheus data source, for a multi-value or include-all variable, escapes regex
-/// metacharacters of each value (twice backslashed: they sit in a PromQL string); `$__rate_interval`
-/// is max($__interval + scrape interval, 4 × scrape interval), the data source's scrape interval set
-/// to Prometheus's and `$__interval` the step, which is the scrape interval here.
+/// metacharacters of each value (twice backslashed: they sit in a PromQL string); an "All" is the
+/// variable's allValue as it stands.
 fn interpolate(expr: &str, vars: &Variables, node_variable: &Value) -> String {
-    let rate_interval = (SCRAPE_SECONDS + SCRAPE_SECONDS).max(4 * SCRAPE_SECONDS);
+    let rate_interval = rate_interval();
     let node = match &vars.node {
         None => node_variable["allValue"].as_str().expect("$node has an allValue").to_owned(),
         Some(instance) => instance.chars().fold(String::new(), |mut s, c| {
@@ -195,8 +200,8 @@ fn rotate_proxy_token(stack: &LocalStack) {
 
 /// Traffic of every decision against the stack until `stop`, with the apiserver slow and then
 /// failing in the middle (fractions of `total`), and the proxy's token and the serving certificate
-/// swapped once, as kubelet does.
-fn traffic(stack: &LocalStack, total: Duration) {
+/// swapped once, as kubelet does. Returns the apiserver's episodes: (what, from, to), Unix seconds.
+fn traffic(stack: &LocalStack, total: Duration) -> Vec<(&'static str, f64, f64)> {
     let stop = AtomicBool::new(false);
     let scraper = format!("Bearer {}", stack.prometheus_token());
     let nobody = format!("Bearer {}", stack.nobody_token());
@@ -246,13 +251,17 @@ fn traffic(stack: &LocalStack, total: Duration) {
         stack.rotate_serving_cert().unwrap();
         sleep_until(at(0.25));
         stack.apiserver.set_fault(Fault::Slow(Duration::from_millis(1500)));
+        let slow = now();
         sleep_until(at(0.55));
         stack.apiserver.set_fault(Fault::ServerError);
+        let failing = now();
         sleep_until(at(0.75));
         stack.apiserver.set_fault(Fault::None);
+        let recovered = now();
         sleep_until(at(1.0));
         stop.store(true, Ordering::Relaxed);
-    });
+        vec![("apiserver slow (1.5 s)", slow, failing), ("apiserver failing (500)", failing, recovered)]
+    })
 }
 
 #[test]
@@ -312,7 +321,7 @@ fn every_dashboard_query_shows_a_live_gate_and_the_alert_rules_evaluate_on_it() 
     });
 
     let start = now();
-    traffic(&stack, Duration::from_secs(seconds));
+    let episodes = traffic(&stack, Duration::from_secs(seconds));
     // Envoy's histograms of the last seconds reach /metrics at the next stats flush (5 s), then a scrape.
     std::thread::sleep(Duration::from_secs(5 + 2 * SCRAPE_SECONDS));
     let end = now();
@@ -429,7 +438,7 @@ fn every_dashboard_query_shows_a_live_gate_and_the_alert_rules_evaluate_on_it() 
     }
 
     if let Some(out) = std::env::var_os("METRICS_GATE_DASHBOARD_DATA") {
-        let data = json!({"start": start, "end": end, "step": SCRAPE_SECONDS, "seconds": seconds, "panels": panels_out, "alerts": active});
+        let data = json!({"start": start, "end": end, "step": SCRAPE_SECONDS, "seconds": seconds, "rate_interval": rate_interval(), "episodes": episodes, "panels": panels_out, "alerts": active});
         std::fs::write(&out, serde_json::to_string_pretty(&data).unwrap()).unwrap();
     }
 }
