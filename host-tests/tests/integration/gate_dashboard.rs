@@ -198,8 +198,8 @@ fn rotate_proxy_token(stack: &LocalStack) {
     stack.credentials.write(&refs).unwrap();
 }
 
-/// Traffic of every decision against the stack until `stop`, with the apiserver slow and then
-/// failing in the middle (fractions of `total`), and the proxy's token and the serving certificate
+/// Traffic of every decision against the stack for `total`, with the apiserver slow and then
+/// failing in the middle (at fixed fractions of `total`), and the proxy's token and the serving certificate
 /// swapped once, as kubelet does. Returns the apiserver's episodes: (what, from, to), Unix seconds.
 fn traffic(stack: &LocalStack, total: Duration) -> Vec<(&'static str, f64, f64)> {
     let stop = AtomicBool::new(false);
@@ -216,7 +216,7 @@ fn traffic(stack: &LocalStack, total: Duration) -> Vec<(&'static str, f64, f64)>
         assert_eq!(send(preset, "GET", "/metrics", Some(&nobody)), Some(403), "{}", preset.name());
     }
     std::thread::scope(|s| {
-        // A scraper on every component, and one request of each refusal, ten times a second.
+        // A scraper on every component, and one request of each refusal, up to ten times a second.
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 for preset in [Preset::KubeProxy, Preset::Etcd, Preset::KubeControllerManager, Preset::KubeScheduler] {
