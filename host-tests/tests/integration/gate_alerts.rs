@@ -153,3 +153,23 @@ fn the_unit_tests_fail_without_any_one_alert() {
         assert!(out.contains(&format!("alertname: {name}")), "without {name}, another case failed:\n{out}");
     }
 }
+
+#[test]
+fn token_stale_threshold_is_the_daemonsets_token_lifetime() {
+    // MetricsGateTokenStale says "older than the token's lifetime": that is the projected token's
+    // expirationSeconds in the DaemonSet, so the two must change together.
+    let daemonset: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("manifests/base/daemonset.yaml")).unwrap()).unwrap();
+    let lifetimes: Vec<u64> = daemonset["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|v| v["projected"]["sources"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|s| s["serviceAccountToken"]["expirationSeconds"].as_u64())
+        .collect();
+    assert_eq!(lifetimes.len(), 1, "one projected token in the DaemonSet: {lifetimes:?}");
+    let rule = alerts().into_iter().find(|r| r["alert"] == "MetricsGateTokenStale").unwrap();
+    let expr = rule["expr"].as_str().unwrap();
+    assert!(expr.trim_end().ends_with(&format!("> {}", lifetimes[0])), "{expr}: not the token's {} s", lifetimes[0]);
+    let description = rule["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains(&format!("expirationSeconds {}", lifetimes[0])), "{description}");
+}
