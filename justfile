@@ -189,6 +189,26 @@ bench *args: build
     {{root}}/.venv/bin/python {{root}}/bench/plot.py "$out/results.json" "$out/results.png"
     echo "==> $out/results.png"
 
+# docs/dashboard.png: the main panels of the gate's Grafana dashboard (manifests/monitoring/), drawn
+# from what a real Prometheus scraped of a live gate: gate_dashboard.rs's run (the stack, traffic of
+# every decision, the apiserver slow then failing) with `seconds` of traffic, its panels' data
+# written out and plotted with matplotlib. See docs/alerts.md.
+# Draw the dashboard from a live run: `just dashboard-png [seconds]` (default 60).
+dashboard-png seconds="60": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! {{root}}/.venv/bin/python -c "import matplotlib" 2>/dev/null; then
+      echo "==> installing matplotlib into .venv"
+      {{root}}/.venv/bin/pip install -q "matplotlib==3.11.2"
+    fi
+    data={{root}}/target/dashboard/data.json
+    mkdir -p "$(dirname "$data")"
+    rm -f "$data"
+    METRICS_GATE_DASHBOARD_DATA="$data" METRICS_GATE_DASHBOARD_SECONDS={{seconds}} cargo test --locked -q \
+      -p metrics-gate-host-tests --test integration gate_dashboard::every_dashboard_query
+    {{root}}/.venv/bin/python {{root}}/scripts/plot_dashboard.py "$data" {{root}}/docs/dashboard.png
+    echo "==> docs/dashboard.png (data: $data)"
+
 # The whole stack (four listeners over TLS) scraped at a steady rate while the scraper's token rotates
 # every minute, the apiserver goes down, slow and failing in episodes, and the proxy's token and the
 # serving certificate are swapped; a sample every 5 s. Writes results.json, results.md and soak.png to

@@ -28,6 +28,8 @@ mod control_plane_outage;
 mod credential_stripping;
 mod envoy_renderer;
 mod forbidden;
+mod gate_alerts;
+mod gate_dashboard;
 mod graceful_drain;
 mod head_requests;
 mod header_bytes;
