@@ -454,11 +454,19 @@ impl LocalStack {
         self.apiserver.issuer().mint(sa, options)
     }
 
-    /// Replaces the proxy's own token the way kubelet does (atomic `..data` swap).
+    /// Replaces the proxy's own token the way kubelet does: an atomic `..data` swap of the whole
+    /// volume, so the other SDS files (serving certificate, client CA) are written again as they
+    /// were, not dropped.
     pub fn rotate_proxy_token(&self, token: &str) -> anyhow::Result<()> {
         let sds = sds_resource(&self.credentials.file("token").to_string_lossy());
-        self.credentials
-            .write(&[("token", token.as_bytes()), (SDS_FILE, sds.as_bytes())])?;
+        let serving = self.credentials.read(SERVING_CERT_FILE)?;
+        let client_ca = self.credentials.read(CLIENT_CA_FILE)?;
+        self.credentials.write(&[
+            ("token", token.as_bytes()),
+            (SDS_FILE, sds.as_bytes()),
+            (SERVING_CERT_FILE, &serving),
+            (CLIENT_CA_FILE, &client_ca),
+        ])?;
         Ok(())
     }
 

@@ -177,25 +177,11 @@ fn selected_metrics(expr: &str) -> Vec<String> {
     names
 }
 
-/// A new token for the proxy, written the way kubelet refreshes the projected volume: every file of
-/// it again (the SDS files of the certificate and the client CA too), the token replaced, in one
-/// `..data` swap. (LocalStack::rotate_proxy_token writes the token's two files only, which to
-/// Envoy is the serving certificate's SDS file vanishing: a failed reload.)
+/// A new token for the proxy, written the way kubelet refreshes the projected volume (the whole
+/// volume again, in one `..data` swap).
 fn rotate_proxy_token(stack: &LocalStack) {
     let token = stack.token(&metrics_gate_host_tests::tokens::ServiceAccount::metrics_gate(), Default::default());
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(stack.credentials.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with(".."))
-        .map(|name| {
-            let content = std::fs::read(stack.credentials.file(&name)).unwrap();
-            (name, content)
-        })
-        .collect();
-    let slot = files.iter_mut().find(|(name, _)| name == "token").expect("the proxy's token file");
-    slot.1 = token.into_bytes();
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
-    stack.credentials.write(&refs).unwrap();
+    stack.rotate_proxy_token(&token).unwrap();
 }
 
 /// Traffic of every decision against the stack for `total`, with the apiserver slow and then
