@@ -268,7 +268,7 @@ impl LocalStack {
                 port: 0,
                 tls: opts.listener_tls.clone(),
             }),
-            wasm_path: wasm.to_string_lossy().into_owned(),
+            wasm: metrics_gate_envoy::WasmCode::File(wasm.to_string_lossy().into_owned()),
             apiserver: Apiserver {
                 address: "127.0.0.1".into(),
                 port: apiserver.port(),
