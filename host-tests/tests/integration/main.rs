@@ -51,4 +51,5 @@ mod unauthenticated;
 mod upstream_credentials;
 mod upstream_down;
 mod upstream_verification;
+mod wasm_by_digest;
 mod wasm_crash;
