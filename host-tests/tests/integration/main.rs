@@ -36,6 +36,7 @@ mod kube_prometheus_rules;
 mod manifests_valid;
 mod methods;
 mod node_layout;
+mod oci_image;
 mod paths;
 mod paused_requests_end;
 mod prometheus_etcd_e2e;
