@@ -6,8 +6,9 @@
 //! the pinned one. On a mismatch (or when the server cannot be reached) it retries a few times,
 //! then logs `Retry limit exceeded for fetching data from remote data source.` and `Plugin
 //! metrics-gate failed to load`, starts its listeners anyway, and every request on a gated listener
-//! is answered 503 by the fail-closed plugin: nothing reaches a component unchecked. Envoy does not
-//! fetch again later; a restart does.
+//! is answered 503 by the fail-closed plugin: nothing reaches a component unchecked. (With
+//! `FAIL_OPEN` Envoy would skip the missing plugin and forward every request: the failure policy
+//! in `render.rs` is what keeps the gate shut.) Envoy does not fetch again later; a restart does.
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
