@@ -2,9 +2,10 @@
 //! `--wasm-sha256`): the real Envoy fetches the built module from an HTTP server on loopback, loads
 //! it only when its sha256 is the pinned one and then gates as with a local file; a server that
 //! hands out another module (a tampered or stale one) is refused, and the gate stays shut: every
-//! request is answered 503 and none reaches a component or the apiserver.
+//! request is answered 503 and none reaches a component or the apiserver. Over https the server's
+//! certificate must chain to the configured CA, or nothing is loaded either.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +15,30 @@ use metrics_gate_envoy::{Preset, RemoteWasm, WasmCode};
 use metrics_gate_host_tests::envoy_process::EnvoyOptions;
 use metrics_gate_host_tests::http_server::{respond, Handler, HttpServer};
 use metrics_gate_host_tests::stack::{LocalStack, StackOptions, WasmBuild};
+use metrics_gate_host_tests::tls::TestCa;
 use sha2::{Digest, Sha256};
+use tokio_rustls::TlsAcceptor;
 
 const MODULE_PATH: &str = "/metrics-gate/metrics_gate.wasm";
 
-/// An HTTP server on loopback serving one module, counting how often Envoy fetched it.
+/// An HTTP(S) server on loopback serving one module, counting how often Envoy fetched it.
 struct ModuleServer {
     server: Arc<HttpServer>,
     fetches: Arc<AtomicUsize>,
+    https: bool,
 }
 
 impl ModuleServer {
     fn serving(module: Vec<u8>) -> ModuleServer {
+        ModuleServer::start(module, None)
+    }
+
+    fn serving_tls(module: Vec<u8>, tls: TlsAcceptor) -> ModuleServer {
+        ModuleServer::start(module, Some(tls))
+    }
+
+    fn start(module: Vec<u8>, tls: Option<TlsAcceptor>) -> ModuleServer {
+        let https = tls.is_some();
         let module = Bytes::from(module);
         let fetches = Arc::new(AtomicUsize::new(0));
         let counted = fetches.clone();
@@ -41,12 +54,17 @@ impl ModuleServer {
             })
         });
         let server =
-            HttpServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None, handler).unwrap();
-        ModuleServer { server, fetches }
+            HttpServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), tls, handler).unwrap();
+        ModuleServer {
+            server,
+            fetches,
+            https,
+        }
     }
 
     fn url(&self) -> String {
-        format!("http://{}{MODULE_PATH}", self.server.addr())
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{MODULE_PATH}", self.server.addr())
     }
 
     fn fetches(&self) -> usize {
@@ -68,12 +86,17 @@ fn read(build: WasmBuild) -> Vec<u8> {
 /// A stack whose Envoy fetches the filter from `server`, pinned to `sha256`. The config
 /// component's debug lines say why a fetch was refused ("data is invalid").
 fn stack_fetching(server: &ModuleServer, sha256: String) -> LocalStack {
+    stack_fetching_verified(server, sha256, String::new())
+}
+
+/// The same, verifying an https server against `ca_file`.
+fn stack_fetching_verified(server: &ModuleServer, sha256: String, ca_file: String) -> LocalStack {
     LocalStack::start_with(StackOptions {
         presets: vec![Preset::KubeProxy, Preset::KubeScheduler],
         wasm_code: Some(WasmCode::Remote(RemoteWasm {
             url: server.url(),
             sha256,
-            ca_file: String::new(),
+            ca_file,
         })),
         envoy: EnvoyOptions {
             extra_args: vec!["--component-log-level".into(), "config:debug".into()],
@@ -199,4 +222,48 @@ fn a_module_that_is_not_the_pinned_one_is_refused_and_the_gate_stays_shut() {
         0,
         "no filter ran, so no review was made"
     );
+}
+
+#[test]
+fn over_https_the_server_must_chain_to_the_configured_ca() {
+    let module = read(WasmBuild::Release);
+    let sha256 = sha256_hex(&module);
+    let ca = TestCa::new("wasm-server-ca");
+    let cert = ca.issue_server(&[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let server = ModuleServer::serving_tls(module, cert.tls_acceptor().unwrap());
+    let files = tempfile::tempdir().unwrap();
+    let the_ca = ca.write_cert(files.path(), "ca.crt").unwrap();
+    let another_ca = TestCa::new("not-the-wasm-server-ca")
+        .write_cert(files.path(), "other.crt")
+        .unwrap();
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+
+    // Verified against the CA that signed the server's certificate (an IP SAN of 127.0.0.1): the
+    // module is loaded and gates.
+    let stack = stack_fetching_verified(&server, sha256.clone(), path(the_ca));
+    assert!(server.fetches() >= 1);
+    let r = stack.request(Preset::KubeProxy, "GET", "/metrics", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = stack.scrape(Preset::KubeProxy, "/metrics", &stack.prometheus_token());
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(stack);
+
+    // Against another CA the handshake fails before any module is read: refused like a wrong digest.
+    let fetched = server.fetches();
+    let stack = stack_fetching_verified(&server, sha256, path(another_ca));
+    stack
+        .envoy
+        .wait_for_log(
+            "Retry limit exceeded for fetching data from remote data source.",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(
+        server.fetches(),
+        fetched,
+        "a module was served over an unverified connection"
+    );
+    let r = stack.scrape(Preset::KubeProxy, "/metrics", &stack.prometheus_token());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(stack.upstream_requests(), 0);
 }
