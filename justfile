@@ -156,6 +156,16 @@ render:
       cp {{root}}/envoy/examples/sds/sds.yaml {{root}}/envoy/examples/sds/serving-certificate.yaml {{root}}/manifests/$d/; \
     done
 
+# The .wasm as an OCI image for Istio's WasmPlugin and Envoy Gateway (`url: oci://…`): an OCI image
+# layout in target/oci/layout (Wasm image spec, compat variant: one tar.gz layer holding plugin.wasm,
+# reproducible bytes) and target/oci/wasmplugin.yaml, the Istio example pinned to this image's digest.
+# Prints the digest and the `skopeo copy` that pushes it. See docs/deploying.md, "The .wasm by digest".
+# OCI image of the .wasm: `just oci [registry/name:tag]`.
+oci image="ghcr.io/example/metrics-gate:v0.1.0": build
+    cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-oci -- --wasm {{wasm}} \
+      --image {{image}} --layout {{root}}/target/oci/layout \
+      --wasmplugin {{root}}/manifests/examples/istio/wasmplugin.yaml --pinned-wasmplugin {{root}}/target/oci/wasmplugin.yaml
+
 # The local demo: mock apiserver, fake components and Envoy with the filter, on loopback.
 demo: build
     cargo run --locked --quiet -p metrics-gate-host-tests --bin metrics-gate-demo

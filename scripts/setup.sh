@@ -21,12 +21,15 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# Real peers for the tests (etcd, Prometheus) and binaryen's wasm-opt, which shrinks the .wasm by
-# ~15 % (it ships in a ConfigMap). From Debian's packages.
+# Real peers for the tests (etcd, Prometheus, an OCI registry and skopeo, which pushes the .wasm's
+# image to it) and binaryen's wasm-opt, which shrinks the .wasm by ~15 % (it ships in a ConfigMap).
+# From Debian's packages.
 missing=()
 command -v wasm-opt >/dev/null || missing+=(binaryen)
 command -v etcd >/dev/null || missing+=(etcd-server)
 { command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     step "installing ${missing[*]} from Debian (one time)"
@@ -34,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
       { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
       fail "could not install ${missing[*]} with apt-get"
     # Debian starts the packaged daemons; the tests run their own on loopback.
-    for unit in etcd prometheus; do
+    for unit in etcd prometheus docker-registry; do
       { systemctl stop "$unit" || service "$unit" stop; } >/dev/null 2>&1 || true
     done
   else

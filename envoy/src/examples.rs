@@ -7,8 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde_json::json;
 
 use crate::model::{
-    Apiserver, ClientCertificates, Component, ListenerTls, NodeAddress, OwnListener, Preset, Stack,
-    TlsFiles, UpstreamCredentials, UpstreamTls, OWN_PORT,
+    Apiserver, ClientCertificates, Component, ListenerTls, NodeAddress, OwnListener, Preset,
+    RemoteWasm, Stack, TlsFiles, UpstreamCredentials, UpstreamTls, WasmCode, OWN_PORT,
+    SYSTEM_CA_BUNDLE,
 };
 use crate::own_endpoints::ADMIN_SOCKET;
 use crate::{render_yaml, sds_client_ca, sds_resource, sds_serving_certificate};
@@ -84,7 +85,7 @@ fn node_stack_of(presets: &[Preset], client: ClientCertificates) -> Stack {
                 client_certificates: client,
             },
         }),
-        wasm_path: WASM.into(),
+        wasm: WasmCode::file(WASM),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: CREDENTIALS_DIR.into(),
         tls: TlsFiles {
@@ -114,6 +115,26 @@ pub fn kube_proxy_node() -> Stack {
     node_stack_of(&[Preset::KubeProxy], ClientCertificates::Off)
 }
 
+/// Where the remote-code example fetches the .wasm from: any HTTP(S) server the node reaches.
+pub const WASM_URL: &str = "https://wasm.example.internal/metrics-gate/v0.1.0/metrics_gate.wasm";
+/// The example's digest: a placeholder no module matches, so an unedited copy fails closed (every
+/// gated request 503) rather than loading whatever the URL serves.
+pub const WASM_SHA256_PLACEHOLDER: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// node(), with the .wasm fetched by Envoy from [`WASM_URL`] and pinned by its sha256 instead of
+/// mounted from a ConfigMap.
+pub fn node_remote_wasm() -> Stack {
+    Stack {
+        wasm: WasmCode::Remote(RemoteWasm {
+            url: WASM_URL.into(),
+            sha256: WASM_SHA256_PLACEHOLDER.into(),
+            ca_file: SYSTEM_CA_BUNDLE.into(),
+        }),
+        ..node()
+    }
+}
+
 /// A controller's metrics on 127.0.0.1:8080 inside its pod, served on :8443 over TLS.
 pub fn sidecar() -> Stack {
     Stack {
@@ -125,7 +146,7 @@ pub fn sidecar() -> Stack {
             port: OWN_PORT,
             tls: ListenerTls::default(),
         }),
-        wasm_path: WASM.into(),
+        wasm: WasmCode::file(WASM),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: CREDENTIALS_DIR.into(),
         tls: TlsFiles {
@@ -156,7 +177,7 @@ pub fn local_plaintext() -> Stack {
             port: OWN_PORT,
             tls: ListenerTls::Plaintext,
         }),
-        wasm_path: "target/wasm32-wasip1/release/metrics_gate.wasm".into(),
+        wasm: WasmCode::file("target/wasm32-wasip1/release/metrics_gate.wasm"),
         apiserver: Apiserver {
             address: "127.0.0.1".into(),
             port: 6443,
@@ -188,7 +209,7 @@ pub fn compose() -> Stack {
             port: OWN_PORT,
             tls: ListenerTls::default(),
         }),
-        wasm_path: WASM.into(),
+        wasm: WasmCode::file(WASM),
         apiserver: Apiserver {
             address: "127.0.0.1".into(),
             port: 6443,
@@ -235,6 +256,15 @@ pub fn all() -> Vec<Example> {
             about: "node.yaml, and client certificates verified against /etc/metrics-gate/client-ca/ca.crt\n\
                     when presented (CN user, O groups): callers without one still use a bearer token.",
             content: Content::Bootstrap(Box::new(node_stack(ClientCertificates::Optional))),
+        },
+        Example {
+            path: "envoy/examples/node-remote-wasm.yaml",
+            about: "node.yaml, with metrics_gate.wasm fetched by Envoy over HTTPS when it starts instead of\n\
+                    mounted from a ConfigMap, and loaded only if its sha256 is the pinned one. The sha256\n\
+                    below is a placeholder no module matches (every gated request gets 503): render your own\n\
+                    with `metrics-gate-render bootstrap --node-ip '${NODE_IP}' --wasm-url URL\n\
+                    --wasm-sha256 $(sha256sum metrics_gate.wasm | cut -d' ' -f1)` (docs/deploying.md).",
+            content: Content::Bootstrap(Box::new(node_remote_wasm())),
         },
         Example {
             path: "envoy/examples/sidecar.yaml",

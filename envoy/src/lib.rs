@@ -15,12 +15,14 @@ pub mod file;
 pub mod local_verification;
 pub mod model;
 pub mod own_endpoints;
+pub mod remote_code;
 mod render;
 pub mod testing;
 
 pub use model::{
     Apiserver, ClientCertificates, Component, InvalidStack, ListenerTls, LocalTokenVerification,
-    NodeAddress, OwnListener, Preset, Stack, TlsFiles, UpstreamCredentials, UpstreamTls,
+    NodeAddress, OwnListener, Preset, RemoteWasm, Stack, TlsFiles, UpstreamCredentials,
+    UpstreamTls, WasmCode,
 };
 pub use render::{
     bootstrap, paused_request_bound_ms, render, render_yaml, sds_client_ca, sds_resource,

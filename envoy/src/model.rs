@@ -18,8 +18,8 @@ pub struct Stack {
     /// The gate's own listener: a health check for the kubelet and the proxy's own metrics for
     /// Prometheus, authorized like every scrape (see `own_endpoints`). `None`: not served.
     pub own_listener: Option<OwnListener>,
-    /// Local file of `metrics_gate.wasm`. Envoy reads it at start and refuses to start without it.
-    pub wasm_path: String,
+    /// Where Envoy gets `metrics_gate.wasm`: a local file, or a URL pinned by its sha256.
+    pub wasm: WasmCode,
     /// Where the filter's TokenReview/SubjectAccessReview callouts finally go.
     pub apiserver: Apiserver,
     /// Directory holding the file-based SDS resources: `sds.yaml` (the proxy's token, see
@@ -66,6 +66,42 @@ impl LocalTokenVerification {
         }
     }
 }
+
+/// Where Envoy gets the filter's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WasmCode {
+    /// A local file (a mounted ConfigMap in the DaemonSet). Envoy reads it at start and refuses to
+    /// start without it.
+    File(String),
+    /// Fetched by Envoy over HTTP(S) when it starts, and loaded only if its sha256 is the pinned
+    /// one; see [`RemoteWasm`].
+    Remote(RemoteWasm),
+}
+
+impl WasmCode {
+    pub fn file(path: impl Into<String>) -> WasmCode {
+        WasmCode::File(path.into())
+    }
+}
+
+/// `metrics_gate.wasm` served by an HTTP(S) server, pinned by digest: Envoy compares the sha256 of
+/// what it fetched with [`RemoteWasm::sha256`] and loads nothing else. On a mismatch, or when the
+/// server cannot be reached after a few retries, the plugin stays unloaded and every gated listener
+/// answers 503 (the filter's failure policy is fail-closed): nothing passes unchecked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteWasm {
+    /// `http://` or `https://` URL of the .wasm. Plain HTTP is acceptable: the digest, not the
+    /// transport, decides what is loaded.
+    pub url: String,
+    /// Hex sha256 of the .wasm (64 lowercase digits), e.g. `sha256sum metrics_gate.wasm`.
+    pub sha256: String,
+    /// For an `https://` URL: the CA bundle the server's certificate must chain to (its name must
+    /// match the URL's host). Unused for `http://`.
+    pub ca_file: String,
+}
+
+/// The CA bundle of Debian/Ubuntu-based images, the Envoy image among them.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The gate's own listener, on `node_ip` beside the component listeners.
 #[derive(Clone, Debug, PartialEq)]
@@ -379,6 +415,7 @@ impl Stack {
             crate::CREDENTIALS_LISTENER,
             crate::CALLOUT_CLUSTER,
             crate::APISERVER_CLUSTER,
+            crate::remote_code::WASM_CODE_CLUSTER,
         ];
         for (i, c) in self.components.iter().enumerate() {
             let valid_name = !c.name.is_empty()
@@ -436,6 +473,9 @@ impl Stack {
                     )));
                 }
             }
+        }
+        if let WasmCode::Remote(remote) = &self.wasm {
+            crate::remote_code::check(remote)?;
         }
         if self.admin_socket.is_empty() {
             return Err(InvalidStack(

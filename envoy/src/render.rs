@@ -57,8 +57,9 @@ use crate::access_log;
 use crate::local_verification;
 use crate::model::{
     Apiserver, ClientCertificates, Component, ListenerTls, Stack, UpstreamCredentials, UpstreamTls,
+    WasmCode,
 };
-use crate::own_endpoints;
+use crate::{own_endpoints, remote_code};
 use crate::{
     APISERVER_CLUSTER, CALLOUT_CLUSTER, CLIENT_CA_FILE, CLIENT_CA_SECRET, CREDENTIALS_LISTENER,
     NODE_NAME, PLUGIN_NAME, SDS_FILE, SECRET_NAME, SERVING_CERT_FILE, SERVING_CERT_SECRET,
@@ -85,7 +86,7 @@ fn filter_apiserver_timeout_ms(c: &Component) -> u32 {
         .map_or(5_000, |ms| u32::try_from(ms).unwrap_or(u32::MAX))
 }
 /// TCP connect timeout of every cluster: all upstreams are on loopback or in-cluster.
-const CONNECT_TIMEOUT_MS: u32 = 1_000;
+pub(crate) const CONNECT_TIMEOUT_MS: u32 = 1_000;
 /// The only apiserver calls the proxy's token may be used for.
 const REVIEW_PATHS: [&str; 2] = [
     "/apis/authentication.k8s.io/v1/tokenreviews",
@@ -103,6 +104,9 @@ pub fn bootstrap(stack: &Stack) -> Bootstrap {
     if let Some(own) = &stack.own_listener {
         listeners.push(own_endpoints::listener(stack, own));
         clusters.push(own_endpoints::admin_cluster(stack));
+    }
+    if let WasmCode::Remote(remote) = &stack.wasm {
+        clusters.push(remote_code::cluster(remote));
     }
     Bootstrap {
         // File-based SDS refuses to start without a node id and cluster.
@@ -585,12 +589,16 @@ fn wasm_filter(stack: &Stack, c: &Component) -> HttpFilter {
             vm: Some(plugin_config::Vm::VmConfig(VmConfig {
                 vm_id: PLUGIN_NAME.into(),
                 runtime: WASM_RUNTIME.into(),
-                code: Some(AsyncDataSource {
-                    specifier: Some(
-                        envoy_types::pb::envoy::config::core::v3::async_data_source::Specifier::Local(
-                            file(&stack.wasm_path),
+                code: Some(match &stack.wasm {
+                    WasmCode::File(path) => AsyncDataSource {
+                        specifier: Some(
+                            envoy_types::pb::envoy::config::core::v3::async_data_source::Specifier::Local(
+                                file(path),
+                            ),
                         ),
-                    ),
+                    },
+                    // Loaded only with the pinned sha256; see remote_code.rs for what a mismatch does.
+                    WasmCode::Remote(remote) => remote_code::code_source(remote),
                 }),
                 ..Default::default()
             })),
@@ -703,7 +711,7 @@ fn component_cluster(c: &Component) -> Cluster {
 
 /// TLS towards an upstream, verified against `ca_file` with a SAN of `name` when given: an IP SAN
 /// when `name` is an IP address (loopback components often have no DNS name), else a DNS SAN.
-fn upstream_tls(verify: Option<(&str, &str)>, sni: &str) -> TransportSocket {
+pub(crate) fn upstream_tls(verify: Option<(&str, &str)>, sni: &str) -> TransportSocket {
     let is_ip = |name: &str| name.parse::<std::net::IpAddr>().is_ok();
     // SNI carries host names only (RFC 6066).
     let sni = if is_ip(sni) { "" } else { sni };
@@ -758,7 +766,7 @@ pub(crate) fn load_assignment(cluster_name: &str, address: Address) -> ClusterLo
     }
 }
 
-fn socket_address(address: &str, port: u16) -> Address {
+pub(crate) fn socket_address(address: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: address.into(),

@@ -15,7 +15,7 @@ fn stack(components: Vec<Component>) -> Stack {
         node_ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)).into(),
         admin_socket: crate::own_endpoints::ADMIN_SOCKET.into(),
         own_listener: None,
-        wasm_path: "/opt/metrics-gate/metrics_gate.wasm".into(),
+        wasm: WasmCode::file("/opt/metrics-gate/metrics_gate.wasm"),
         apiserver: Apiserver::in_cluster(),
         credentials_dir: "/var/run/metrics-gate/credentials".into(),
         tls: TlsFiles::default(),
@@ -756,4 +756,84 @@ fn the_own_listener_serves_ready_and_the_gated_own_metrics_only() {
             ["path"],
         "/var/run/metrics-gate/admin.sock"
     );
+}
+
+#[test]
+fn remote_wasm_is_fetched_through_its_own_cluster_and_pinned_by_sha256() {
+    let sha = "ab".repeat(32);
+    let mut s = all_presets();
+    s.wasm = WasmCode::Remote(RemoteWasm {
+        url: "https://wasm.example.com:8443/mg/metrics_gate.wasm".into(),
+        sha256: sha.clone(),
+        ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+    });
+    assert_eq!(s.check(), Ok(()));
+    let v = render(&s);
+    let clusters = &v["static_resources"]["clusters"];
+    for p in Preset::ALL {
+        let l = named(&v["static_resources"]["listeners"], p.name());
+        let code = &hcm(l)["http_filters"][1]["typed_config"]["config"]["vm_config"]["code"];
+        assert!(code.get("local").is_none(), "{code:#}");
+        let remote = &code["remote"];
+        assert_eq!(remote["sha256"], sha.as_str());
+        assert_eq!(
+            remote["http_uri"]["uri"],
+            "https://wasm.example.com:8443/mg/metrics_gate.wasm"
+        );
+        assert_eq!(
+            remote["http_uri"]["cluster"],
+            remote_code::WASM_CODE_CLUSTER
+        );
+        assert_eq!(remote["retry_policy"]["num_retries"], 3);
+    }
+    let c = named(clusters, remote_code::WASM_CODE_CLUSTER);
+    assert_eq!(c["type"], "STRICT_DNS");
+    let addr = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"];
+    assert_eq!(addr["socket_address"]["address"], "wasm.example.com");
+    assert_eq!(addr["socket_address"]["port_value"], 8443);
+    let tls = &c["transport_socket"]["typed_config"];
+    assert_eq!(tls["sni"], "wasm.example.com");
+    let vc = &tls["common_tls_context"]["validation_context"];
+    assert_eq!(
+        vc["trusted_ca"]["filename"],
+        "/etc/ssl/certs/ca-certificates.crt"
+    );
+    assert_eq!(
+        vc["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+        "wasm.example.com"
+    );
+
+    // Plain HTTP to an IP: a STATIC cluster without TLS (the digest decides what is loaded).
+    s.wasm = WasmCode::Remote(RemoteWasm {
+        url: "http://127.0.0.1:8080/metrics_gate.wasm".into(),
+        sha256: sha.clone(),
+        ca_file: String::new(),
+    });
+    assert_eq!(s.check(), Ok(()));
+    let v = render(&s);
+    let c = named(
+        &v["static_resources"]["clusters"],
+        remote_code::WASM_CODE_CLUSTER,
+    );
+    assert_eq!(c["type"], "STATIC");
+    assert!(c.get("transport_socket").is_none(), "{c:#}");
+
+    // A file needs no such cluster; a digest Envoy could never match is refused up front.
+    let v = render(&all_presets());
+    let names: Vec<&str> = v["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&remote_code::WASM_CODE_CLUSTER),
+        "{names:?}"
+    );
+    s.wasm = WasmCode::Remote(RemoteWasm {
+        url: "http://127.0.0.1:8080/metrics_gate.wasm".into(),
+        sha256: sha.to_uppercase(),
+        ca_file: String::new(),
+    });
+    assert!(s.check().is_err());
 }

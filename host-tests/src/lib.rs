@@ -12,6 +12,8 @@ pub mod components;
 pub mod envoy_process;
 pub mod http_server;
 pub mod k8s_status;
+/// The OCI image of the .wasm (`just oci`), not a test double: it lives here beside its test.
+pub mod oci;
 pub mod payloads;
 pub mod raw_http;
 pub mod rbac;

@@ -93,6 +93,8 @@ pub struct StackOptions {
     /// Otherwise every port is ephemeral, so tests run side by side.
     pub node_ports: bool,
     pub wasm: WasmBuild,
+    /// How Envoy gets the code, when not the local file of `wasm` (e.g. a URL pinned by sha256).
+    pub wasm_code: Option<metrics_gate_envoy::WasmCode>,
     pub envoy: EnvoyOptions,
     /// The listeners' TLS. Default: [`ListenerTls::Plaintext`], which the plain-HTTP tests speak.
     /// With `Tls`, the serving certificate (for [`SERVER_NAME`] and the node IP) comes from
@@ -136,6 +138,7 @@ impl Default for StackOptions {
             upstream_verify: Vec::new(),
             node_ports: false,
             wasm: WasmBuild::Release,
+            wasm_code: None,
             envoy: EnvoyOptions::default(),
             listener_tls: ListenerTls::Plaintext,
             upstream_credentials: Vec::new(),
@@ -282,7 +285,7 @@ impl LocalStack {
                 port: 0,
                 tls: opts.listener_tls.clone(),
             }),
-            wasm_path: wasm.to_string_lossy().into_owned(),
+            wasm: opts.wasm_code.clone().unwrap_or_else(|| metrics_gate_envoy::WasmCode::File(wasm.to_string_lossy().into_owned())),
             apiserver: Apiserver {
                 address: "127.0.0.1".into(),
                 port: apiserver.port(),

@@ -11,12 +11,12 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use metrics_gate_envoy::cert::{issue, secret_yaml, CertRequest};
 use metrics_gate_envoy::file::ComponentsFile;
-use metrics_gate_envoy::model::OWN_PORT;
+use metrics_gate_envoy::model::{OWN_PORT, SYSTEM_CA_BUNDLE};
 use metrics_gate_envoy::own_endpoints::ADMIN_SOCKET;
 use metrics_gate_envoy::{
     examples, render_yaml, sds_client_ca, sds_resource, sds_serving_certificate, Apiserver,
-    ClientCertificates, Component, ListenerTls, NodeAddress, OwnListener, Preset, Stack, TlsFiles,
-    UpstreamTls,
+    ClientCertificates, Component, ListenerTls, NodeAddress, OwnListener, Preset, RemoteWasm,
+    Stack, TlsFiles, UpstreamTls, WasmCode,
 };
 
 /// Renders the Envoy configuration metrics-gate runs with.
@@ -95,6 +95,23 @@ struct BootstrapArgs {
     /// metrics_gate.wasm, as Envoy sees it.
     #[arg(long, value_name = "PATH", default_value = examples::WASM)]
     wasm: String,
+    /// Instead of --wasm: Envoy fetches metrics_gate.wasm from this http:// or https:// URL when it
+    /// starts and loads it only if its sha256 is --wasm-sha256. Otherwise (or when the server cannot
+    /// be reached) every gated request is answered 503 until Envoy restarts.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "wasm_sha256",
+        conflicts_with = "wasm"
+    )]
+    wasm_url: Option<String>,
+    /// The sha256 of the .wasm at --wasm-url, 64 hex digits (`sha256sum metrics_gate.wasm`).
+    #[arg(long, value_name = "HEX", requires = "wasm_url")]
+    wasm_sha256: Option<String>,
+    /// CA bundle the server of an https --wasm-url must chain to (its certificate must also name the
+    /// URL's host).
+    #[arg(long, value_name = "FILE", default_value = SYSTEM_CA_BUNDLE)]
+    wasm_ca: String,
     /// Directory of the SDS files (the proxy's token, the serving certificate).
     #[arg(long, value_name = "DIR", default_value = examples::CREDENTIALS_DIR)]
     credentials_dir: String,
@@ -317,7 +334,14 @@ fn bootstrap(args: BootstrapArgs) -> Result<String, String> {
         node_ip,
         admin_socket: args.admin_socket,
         own_listener,
-        wasm_path: args.wasm,
+        wasm: match (args.wasm_url, args.wasm_sha256) {
+            (Some(url), Some(sha256)) => WasmCode::Remote(RemoteWasm {
+                url,
+                sha256: sha256.to_ascii_lowercase(),
+                ca_file: args.wasm_ca,
+            }),
+            _ => WasmCode::File(args.wasm),
+        },
         apiserver,
         credentials_dir: args.credentials_dir,
         tls,

@@ -52,7 +52,7 @@ impl Files {
             node_ip: NODE_IP.into(),
             admin_socket: self.path("admin.sock"),
             own_listener: None,
-            wasm_path: self.path("filter.wasm"),
+            wasm: metrics_gate_envoy::WasmCode::File(self.path("filter.wasm")),
             apiserver,
             credentials_dir: self.path("credentials"),
             tls: metrics_gate_envoy::TlsFiles::default(),
@@ -129,7 +129,7 @@ fn missing_wasm_file_is_refused() {
     }
     let files = Files::new(PASS_THROUGH_WASM, "proxy-token");
     let mut stack = files.stack(presets_on_port_zero());
-    stack.wasm_path = files.path("nope.wasm");
+    stack.wasm = metrics_gate_envoy::WasmCode::File(files.path("nope.wasm"));
     let (ok, out) = EnvoyProcess::validate(&render(&stack)).unwrap();
     assert!(!ok, "{out}");
     assert!(out.contains("nope.wasm"), "{out}");

@@ -11,7 +11,7 @@ use metrics_gate_envoy::testing::PASS_THROUGH_WASM;
 use metrics_gate_envoy::{
     examples, render, sds_client_ca, sds_resource, sds_serving_certificate, ClientCertificates,
     Component, ListenerTls, NodeAddress, Preset, Stack, UpstreamCredentials, UpstreamTls,
-    CLIENT_CA_FILE, SDS_FILE, SERVING_CERT_FILE,
+    WasmCode, CLIENT_CA_FILE, SDS_FILE, SERVING_CERT_FILE,
 };
 use metrics_gate_host_tests::envoy_process::EnvoyProcess;
 use metrics_gate_host_tests::tls::TestCa;
@@ -54,7 +54,11 @@ impl Files {
         if let NodeAddress::Placeholder(_) = stack.node_ip {
             stack.node_ip = NodeAddress::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
         }
-        stack.wasm_path = self.path("filter.wasm");
+        match &mut stack.wasm {
+            WasmCode::File(path) => *path = self.path("filter.wasm"),
+            // Validation fetches nothing; the CA of an https URL is read.
+            WasmCode::Remote(remote) => remote.ca_file = self.path("ca.crt"),
+        }
         stack.credentials_dir = self.path("credentials");
         stack.apiserver.ca_file = self.path("ca.crt");
         stack.tls.cert_dir = self.path("tls");

@@ -124,11 +124,7 @@ impl Sidecar {
         if let Some(own) = &mut stack.own_listener {
             own.port = 0;
         }
-        stack.wasm_path = WasmBuild::Release
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        stack.wasm = metrics_gate_envoy::WasmCode::File(WasmBuild::Release.path().unwrap().to_string_lossy().into_owned());
         stack.apiserver = Apiserver {
             address: "127.0.0.1".into(),
             port: apiserver.port(),
