@@ -6,7 +6,9 @@
 //! its query, where a token could hide) and user agent; the user is the username the apiserver
 //! answered, never the token; no client certificate field is logged.
 
-use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    access_log, access_log_filter, AccessLog, AccessLogFilter, NotHealthCheckFilter,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     substitution_format_string, SubstitutionFormatString,
 };
@@ -71,6 +73,13 @@ pub(crate) fn stdout_json(component: &str) -> AccessLog {
     };
     AccessLog {
         name: "envoy.access_loggers.stdout".into(),
+        // The kubelet's probes of /ready (the gate's own listener answers them in its health
+        // check filter) would be a line every few seconds that says nothing.
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::NotHealthCheckFilter(
+                NotHealthCheckFilter {},
+            )),
+        }),
         config_type: Some(access_log::ConfigType::TypedConfig(pack_any(stdout))),
         ..Default::default()
     }

@@ -97,6 +97,16 @@ fn every_contract_row_logs_one_line_with_its_decision() {
     assert_eq!((field(line, "status"), field(line, "decision"), field(line, "cache")), (&Value::from(503), &Value::from("apiserver_error"), &Value::from("miss")), "{line}");
     assert!(field(line, "reason").as_str().is_some_and(|r| r.contains("500")), "{line}");
 
+    // The kubelet's probes of the gate's own /ready are not logged; its own /metrics is.
+    stack.apiserver.set_fault(Fault::None);
+    let own = stack.own_addr();
+    assert_eq!(metrics_gate_host_tests::raw_http::request(own, "GET", "/ready", &[]).unwrap().status, 200);
+    let (status, _) = stack.own_metrics(&prometheus);
+    assert_eq!(status, 200);
+    let log = lines(&stack, requests.len() + 2);
+    let line = log.last().unwrap();
+    assert_eq!((field(line, "component"), field(line, "path"), field(line, "decision")), (&Value::from("metrics-gate-self"), &Value::from("/metrics"), &Value::from("allowed")), "{line}");
+
     // No credential anywhere in the log: not the tokens, not a Basic value, not the query.
     let raw = stack.envoy.stdout();
     for secret in [prometheus.as_str(), nobody.as_str(), fresh.as_str(), "not-a-real-token", "dXNlcjpwYXNz", "in-the-query", "Bearer", "Basic"] {
