@@ -81,6 +81,5 @@ pub(crate) fn stdout_json(component: &str) -> AccessLog {
             )),
         }),
         config_type: Some(access_log::ConfigType::TypedConfig(pack_any(stdout))),
-        ..Default::default()
     }
 }

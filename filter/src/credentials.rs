@@ -271,7 +271,10 @@ mod certificate_tests {
         let (user, groups) =
             service_account_identity("system:serviceaccount:observability:prometheus-server")
                 .unwrap();
-        assert_eq!(user, "system:serviceaccount:observability:prometheus-server");
+        assert_eq!(
+            user,
+            "system:serviceaccount:observability:prometheus-server"
+        );
         assert_eq!(
             groups,
             [

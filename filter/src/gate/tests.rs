@@ -561,21 +561,39 @@ fn a_token_verified_locally_skips_the_token_review_only_when_configured() {
     assert_eq!(body["spec"]["user"], sub);
     assert_eq!(
         body["spec"]["groups"],
-        serde_json::json!(["system:serviceaccounts", "system:serviceaccounts:observability", "system:authenticated"])
+        serde_json::json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:observability",
+            "system:authenticated"
+        ])
     );
     let Step::Forward(forward) = gate.on_answer(&local, Ok(Answer::Access(true))) else {
         panic!("expected forward")
     };
-    assert_eq!(forward.remove, [b"authorization"], "the token is still removed");
+    assert_eq!(
+        forward.remove,
+        [b"authorization"],
+        "the token is still removed"
+    );
     assert_eq!(gate.entry.user.as_deref(), Some(sub));
 
     // Not verified, or not a ServiceAccount: the TokenReview, as always.
     for verified in [None, Some("system:admin"), Some("")] {
-        assert_eq!(callout(ask(&local, &[BEARER], verified).0).table, Table::TokenReview, "{verified:?}");
+        assert_eq!(
+            callout(ask(&local, &[BEARER], verified).0).table,
+            Table::TokenReview,
+            "{verified:?}"
+        );
     }
     // Without the option the metadata is not trusted.
-    assert_eq!(callout(ask(&config("{}"), &[BEARER], Some(sub)).0).table, Table::TokenReview);
+    assert_eq!(
+        callout(ask(&config("{}"), &[BEARER], Some(sub)).0).table,
+        Table::TokenReview
+    );
     // The request still needs exactly one bearer token.
     assert_eq!(reply(ask(&local, &[], Some(sub)).0).status, 401);
-    assert_eq!(reply(ask(&local, &[BEARER, BEARER], Some(sub)).0).status, 401);
+    assert_eq!(
+        reply(ask(&local, &[BEARER, BEARER], Some(sub)).0).status,
+        401
+    );
 }

@@ -157,7 +157,8 @@ fn configure() -> Option<Rc<Shared>> {
 /// A request's headers have arrived (stream `id`, of a plugin configured as `shared`, if it was).
 /// `sub` of the payload `jwt_authn` puts in the request's dynamic metadata (provider setting
 /// `payload_in_metadata: kubernetes`, which the renderer writes).
-const VERIFIED_SUBJECT: &str = "metadata\0filter_metadata\0envoy.filters.http.jwt_authn\0kubernetes\0sub";
+const VERIFIED_SUBJECT: &str =
+    "metadata\0filter_metadata\0envoy.filters.http.jwt_authn\0kubernetes\0sub";
 
 fn request_headers(id: u32, shared: Option<Rc<Shared>>) -> Verdict {
     let Some(shared) = shared else {
