@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use metrics_gate_envoy::{ClientCertificates, ListenerTls, Preset};
 use metrics_gate_host_tests::apiserver::Fault;
 use metrics_gate_host_tests::stack::{LocalStack, StackOptions, SERVER_NAME};
-use metrics_gate_host_tests::tokens::ServiceAccount;
+use metrics_gate_host_tests::tokens::{ServiceAccount, TokenOptions};
 use serde_json::Value;
 
 /// Waits for the access log to hold `n` lines (Envoy flushes it every 50 ms here).
@@ -89,7 +89,9 @@ fn every_contract_row_logs_one_line_with_its_decision() {
 
     // The apiserver failing: 503 with the cause.
     stack.apiserver.set_fault(Fault::ServerError);
-    let fresh = stack.token(&ServiceAccount::prometheus_server(), Default::default());
+    // A lifetime of its own: a token minted in the same second as `prometheus` with the same
+    // lifetime would be the same bytes, and answered from the cache.
+    let fresh = stack.token(&ServiceAccount::prometheus_server(), TokenOptions::default().lifetime_secs(1234));
     let answer = stack.scrape(Preset::KubeProxy, "/metrics", &fresh);
     assert_eq!(answer.status, 503);
     let log = lines(&stack, requests.len() + 1);
