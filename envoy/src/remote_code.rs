@@ -10,7 +10,7 @@
 //! `FAIL_OPEN` Envoy would skip the missing plugin and forward every request: the failure policy
 //! in `render.rs` is what keeps the gate shut.) Envoy does not fetch again later; a restart does.
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     async_data_source, http_uri, AsyncDataSource, BackoffStrategy, HttpUri, RemoteDataSource,
     RetryPolicy,
@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use crate::model::{InvalidStack, RemoteWasm};
-use crate::render::{duration, load_assignment, socket_address, upstream_tls};
+use crate::render::{duration, host_cluster, upstream_tls};
 
 /// The cluster Envoy fetches the .wasm through; no request of a caller is ever routed to it.
 pub const WASM_CODE_CLUSTER: &str = "metrics-gate-wasm-code";
@@ -148,24 +148,10 @@ pub(crate) fn cluster(remote: &RemoteWasm) -> Cluster {
         host: String::new(),
         port: 0,
     });
-    let kind = if loc.host.parse::<std::net::IpAddr>().is_ok() {
-        cluster::DiscoveryType::Static
-    } else {
-        cluster::DiscoveryType::StrictDns
-    };
-    Cluster {
-        name: WASM_CODE_CLUSTER.into(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
-        connect_timeout: Some(duration(crate::render::CONNECT_TIMEOUT_MS)),
-        load_assignment: Some(load_assignment(
-            WASM_CODE_CLUSTER,
-            socket_address(&loc.host, loc.port),
-        )),
-        transport_socket: loc
-            .https
-            .then(|| upstream_tls(Some((&remote.ca_file, &loc.host)), &loc.host)),
-        ..Default::default()
-    }
+    let tls = loc
+        .https
+        .then(|| upstream_tls(Some((&remote.ca_file, &loc.host)), &loc.host));
+    host_cluster(WASM_CODE_CLUSTER, &loc.host, loc.port, tls)
 }
 
 #[cfg(test)]

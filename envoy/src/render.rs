@@ -354,22 +354,31 @@ fn callout_cluster() -> Cluster {
 /// The real apiserver, TLS verified against the cluster CA. An IP needs no resolver (STATIC); a
 /// name such as kubernetes.default.svc is re-resolved (STRICT_DNS).
 fn apiserver_cluster(api: &Apiserver) -> Cluster {
-    let kind = if api.address.parse::<std::net::IpAddr>().is_ok() {
+    // The cluster CA signs more than the apiserver (kubelet serving certificates, for one): the
+    // name must match too.
+    let tls = upstream_tls(Some((&api.ca_file, &api.sni)), &api.sni);
+    host_cluster(APISERVER_CLUSTER, &api.address, api.port, Some(tls))
+}
+
+/// A cluster of one server outside Envoy: an IP needs no resolver (STATIC), a name is re-resolved
+/// (STRICT_DNS).
+pub(crate) fn host_cluster(
+    name: &str,
+    host: &str,
+    port: u16,
+    transport_socket: Option<TransportSocket>,
+) -> Cluster {
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
         cluster::DiscoveryType::Static
     } else {
         cluster::DiscoveryType::StrictDns
     };
     Cluster {
-        name: APISERVER_CLUSTER.into(),
+        name: name.into(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
         connect_timeout: Some(duration(CONNECT_TIMEOUT_MS)),
-        load_assignment: Some(load_assignment(
-            APISERVER_CLUSTER,
-            socket_address(&api.address, api.port),
-        )),
-        // The cluster CA signs more than the apiserver (kubelet serving certificates, for one):
-        // the name must match too.
-        transport_socket: Some(upstream_tls(Some((&api.ca_file, &api.sni)), &api.sni)),
+        load_assignment: Some(load_assignment(name, socket_address(host, port))),
+        transport_socket,
         ..Default::default()
     }
 }
