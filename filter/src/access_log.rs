@@ -62,32 +62,33 @@ pub fn decision(outcome: Outcome) -> &'static str {
     }
 }
 
-/// One request's entry: what the gate knows (`user`, `reason`) and what the host adds (`cache`,
-/// `review_ms`).
+/// One request's entry: what the gate knows (`user`, `reason`) and what the host adds (`cache`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub user: Option<String>,
     pub reason: String,
     pub cache: CacheUse,
-    /// Milliseconds the request was held for reviews; `None` when it was never held.
-    pub review_ms: Option<u64>,
 }
 
 impl Entry {
-    /// The filter-state values to set, in order; a value that is unknown is left out (the log
-    /// shows it as null).
-    pub fn properties(&self, outcome: Outcome) -> Vec<(&'static str, Vec<u8>)> {
-        let mut out = Vec::with_capacity(KEYS.len());
+    /// Hands each filter-state value to `set`, borrowed (this runs on every request); a value
+    /// that is unknown is left out (the log shows it as null). `review_ms`: how long the request
+    /// was held for reviews, `None` when it was never held.
+    pub fn each_property(
+        &self,
+        outcome: Outcome,
+        review_ms: Option<u64>,
+        mut set: impl FnMut(&'static str, &[u8]),
+    ) {
         if let Some(user) = &self.user {
-            out.push((USER, user.clone().into_bytes()));
+            set(USER, user.as_bytes());
         }
-        out.push((DECISION, decision(outcome).as_bytes().to_vec()));
-        out.push((REASON, self.reason.clone().into_bytes()));
-        out.push((CACHE, self.cache.as_str().as_bytes().to_vec()));
-        if let Some(ms) = self.review_ms {
-            out.push((REVIEW_MS, ms.to_string().into_bytes()));
+        set(DECISION, decision(outcome).as_bytes());
+        set(REASON, self.reason.as_bytes());
+        set(CACHE, self.cache.as_str().as_bytes());
+        if let Some(ms) = review_ms {
+            set(REVIEW_MS, ms.to_string().as_bytes());
         }
-        out
     }
 }
 
@@ -107,12 +108,16 @@ mod tests {
 
     #[test]
     fn unknown_values_are_left_out() {
+        let collect = |entry: &Entry, outcome, review_ms| {
+            let mut out: Vec<(&str, Vec<u8>)> = Vec::new();
+            entry.each_property(outcome, review_ms, |k, v| out.push((k, v.to_vec())));
+            out
+        };
         let entry = Entry {
             reason: "path not in the allow-list".into(),
             ..Entry::default()
         };
-        let keys: Vec<&str> = entry
-            .properties(Outcome::PathNotAllowed)
+        let keys: Vec<&str> = collect(&entry, Outcome::PathNotAllowed, None)
             .iter()
             .map(|(k, _)| *k)
             .collect();
@@ -121,9 +126,8 @@ mod tests {
             user: Some("system:serviceaccount:monitoring:prometheus".into()),
             reason: "cache hit".into(),
             cache: CacheUse::Hit,
-            review_ms: Some(0),
         };
-        let props = full.properties(Outcome::Allowed);
+        let props = collect(&full, Outcome::Allowed, Some(0));
         assert_eq!(props.len(), KEYS.len());
         assert!(props.contains(&(DECISION, b"allowed".to_vec())));
         assert!(props.contains(&(REVIEW_MS, b"0".to_vec())));

@@ -175,13 +175,12 @@ fn hand_to_access_log(state: &RequestState, outcome: Outcome) {
     if !state.shared.config.access_log {
         return;
     }
-    let mut entry = state.gate.entry.clone();
-    if matches!(entry.cache, CacheUse::Miss | CacheUse::Coalesced) {
-        entry.review_ms = Some(abi::now_ms().saturating_sub(state.arrived_ms));
-    }
-    for (key, value) in entry.properties(outcome) {
-        let _ = abi::set_property(key, &value);
-    }
+    let entry = &state.gate.entry;
+    let review_ms = matches!(entry.cache, CacheUse::Miss | CacheUse::Coalesced)
+        .then(|| abi::now_ms().saturating_sub(state.arrived_ms));
+    entry.each_property(outcome, review_ms, |key, value| {
+        let _ = abi::set_property(key, value);
+    });
 }
 
 enum Asked {
